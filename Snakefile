@@ -1,0 +1,17 @@
+# lwise: download -> dirmap -> ImageFolder -> guide model -> difficulty -> enhancement -> upload
+# -> alignment evaluation. Each stage lives in rules/<stage>.smk; shared helpers in common.smk.
+
+
+configfile: "config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/download.smk"
+include: "rules/dirmap.smk"
+include: "rules/imagefolder.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        final_outputs(),

@@ -1,0 +1,285 @@
+"""Stage 1: fetch a dataset's source files (http/https/s3/file/local), verify, and extract.
+
+Partial HTTP and S3 downloads are kept as `<name>.part` and resumed with Range requests; the file
+only takes its final name once complete and, when a checksum is configured, verified.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import logging
+import os
+import shutil
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from tqdm import tqdm
+
+from lwise.archive import extract, is_archive
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1 << 20
+
+
+class DownloadError(RuntimeError):
+    """A source could not be fetched after the allowed retries."""
+
+
+class ChecksumError(ValueError):
+    """A fetched file does not match its configured checksum."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """One file of a dataset, as the config's `sources:` entries describe it."""
+
+    url: str
+    sha256: str | None = None
+    md5: str | None = None
+    filename: str | None = None
+    extract: bool | None = None  # None: extract when the name looks like an archive
+
+    @classmethod
+    def from_config(cls, entry: dict) -> Source:
+        return cls(**{k: entry.get(k) for k in ("url", "sha256", "md5", "filename", "extract")})
+
+    @property
+    def scheme(self) -> str:
+        scheme = urllib.parse.urlparse(self.url).scheme.lower()
+        return scheme if scheme in ("http", "https", "s3", "file") else "local"
+
+    @property
+    def name(self) -> str:
+        if self.filename:
+            return self.filename
+        path = urllib.parse.urlparse(self.url).path if self.scheme != "local" else self.url
+        name = os.path.basename(urllib.parse.unquote(path).rstrip("/"))
+        if not name:
+            raise ValueError(f"source {self.url!r}: cannot derive a file name; set 'filename'")
+        return name
+
+    @property
+    def should_extract(self) -> bool:
+        return is_archive(self.name) if self.extract is None else self.extract
+
+    def local_path(self) -> Path:
+        if self.scheme == "file":
+            return Path(urllib.request.url2pathname(urllib.parse.urlparse(self.url).path))
+        return Path(self.url).expanduser()
+
+
+def file_digest(path: Path, algorithm: str) -> str:
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        while block := f.read(CHUNK):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify(path: Path, source: Source) -> None:
+    """Raise ChecksumError if `path` does not match the source's sha256 or md5."""
+    for algorithm in ("sha256", "md5"):
+        expected = getattr(source, algorithm)
+        if expected:
+            got = file_digest(path, algorithm)
+            if got.lower() != expected.lower():
+                raise ChecksumError(
+                    f"{source.url}: {algorithm} mismatch for {path.name}: "
+                    f"expected {expected.lower()}, got {got}"
+                )
+
+
+# --- remote readers: each returns (stream, total size or None, whether the offset was honoured)
+
+
+def _open_http(url: str, offset: int, timeout: float) -> tuple[BinaryIO, int | None, bool]:
+    request = urllib.request.Request(url, headers={"User-Agent": "lwise-download"})
+    if offset:
+        request.add_header("Range", f"bytes={offset}-")
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout)
+    except urllib.error.HTTPError as err:
+        if err.code == 416 and offset:  # nothing left to fetch: the partial file is complete
+            return _EmptyStream(), offset, True
+        raise
+    if response.status == 206:
+        total = response.headers.get("Content-Range", "").rpartition("/")[2]
+        return response, int(total) if total.isdigit() else None, True
+    length = response.headers.get("Content-Length")
+    return response, int(length) if length else None, False
+
+
+def _open_s3(url: str, offset: int, endpoint_url: str | None) -> tuple[BinaryIO, int | None, bool]:
+    import boto3
+
+    parsed = urllib.parse.urlparse(url)
+    client = boto3.client("s3", endpoint_url=endpoint_url)
+    kwargs = {"Bucket": parsed.netloc, "Key": parsed.path.lstrip("/")}
+    if offset:
+        kwargs["Range"] = f"bytes={offset}-"
+    response = client.get_object(**kwargs)
+    if offset and "ContentRange" in response:
+        return response["Body"], int(response["ContentRange"].rpartition("/")[2]), True
+    return response["Body"], response["ContentLength"], False
+
+
+class _EmptyStream:
+    def read(self, _n: int = -1) -> bytes:
+        return b""
+
+    def close(self) -> None:
+        pass
+
+
+def _retryable(err: BaseException) -> bool:
+    if isinstance(err, urllib.error.HTTPError):
+        return err.code in (408, 429) or err.code >= 500
+    if isinstance(err, urllib.error.URLError | OSError | http.client.HTTPException):
+        return True
+    code = getattr(err, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return code is not None and (code >= 500 or code == 429)
+
+
+def _fetch_remote(
+    source: Source,
+    part: Path,
+    *,
+    retries: int,
+    backoff: float,
+    timeout: float,
+    s3_endpoint_url: str | None,
+) -> None:
+    for attempt in range(retries + 1):
+        offset = part.stat().st_size if part.exists() else 0
+        try:
+            if source.scheme == "s3":
+                stream, total, resumed = _open_s3(source.url, offset, s3_endpoint_url)
+            else:
+                stream, total, resumed = _open_http(source.url, offset, timeout)
+            if offset and not resumed:
+                log.info("%s: server ignored the Range request; starting over", source.url)
+                offset = 0
+            with (
+                open(part, "ab" if offset else "wb") as out,
+                tqdm(
+                    total=total, initial=offset, unit="B", unit_scale=True, desc=source.name
+                ) as bar,
+            ):
+                try:
+                    while block := stream.read(CHUNK):
+                        out.write(block)
+                        bar.update(len(block))
+                finally:
+                    stream.close()
+            size = part.stat().st_size
+            if total is not None and size < total:
+                raise http.client.IncompleteRead(b"", total - size)
+            return
+        except Exception as err:  # noqa: BLE001 - classified by _retryable
+            if not _retryable(err) or attempt == retries:
+                raise DownloadError(
+                    f"{source.url}: download failed after {attempt + 1} attempt(s): {err!r}"
+                ) from err
+            delay = backoff * 2**attempt
+            log.warning(
+                "%s: %r; retrying in %.1fs (%d/%d)", source.url, err, delay, attempt + 1, retries
+            )
+            time.sleep(delay)
+
+
+def fetch(
+    source: Source,
+    downloads_dir: str | os.PathLike,
+    *,
+    retries: int = 5,
+    backoff: float = 1.0,
+    timeout: float = 60.0,
+    s3_endpoint_url: str | None = None,
+) -> Path:
+    """Return a verified local copy of `source`, downloading (or resuming) it when needed.
+
+    Local files are used where they are, after verification.
+    """
+    if source.scheme in ("file", "local"):
+        path = source.local_path()
+        if not path.exists():
+            raise FileNotFoundError(f"source {source.url!r}: no such file or folder: {path}")
+        if path.is_file():
+            verify(path, source)
+        return path
+
+    downloads_dir = Path(downloads_dir)
+    downloads_dir.mkdir(parents=True, exist_ok=True)
+    final = downloads_dir / source.name
+    if final.exists():
+        try:
+            verify(final, source)
+            log.info("%s: already downloaded as %s", source.url, final)
+            return final
+        except ChecksumError as err:
+            log.warning("%s; downloading again", err)
+            final.unlink()
+    part = final.with_name(final.name + ".part")
+    _fetch_remote(
+        source,
+        part,
+        retries=retries,
+        backoff=backoff,
+        timeout=timeout,
+        s3_endpoint_url=s3_endpoint_url,
+    )
+    try:
+        verify(part, source)
+    except ChecksumError:
+        part.unlink()  # a bad file never sits under the final name, nor is resumed from
+        raise
+    os.replace(part, final)
+    log.info("%s: saved %s (%d bytes)", source.url, final, final.stat().st_size)
+    return final
+
+
+def place(path: Path, source: Source, raw_dir: Path) -> None:
+    """Put a fetched source into the raw folder: extract archives, link or copy the rest."""
+    if path.is_dir():
+        (raw_dir / source.name).symlink_to(path.resolve(), target_is_directory=True)
+    elif source.should_extract:
+        log.info("extracting %s", path)
+        members = extract(path, raw_dir)
+        log.info("extracted %d members from %s", len(members), path.name)
+    else:
+        target = raw_dir / source.name
+        try:
+            os.link(path, target)
+        except OSError:
+            shutil.copy2(path, target)
+
+
+def download_dataset(
+    sources: list[dict],
+    raw_dir: str | os.PathLike,
+    downloads_dir: str | os.PathLike,
+    **fetch_options,
+) -> None:
+    """Build a dataset's raw folder from its configured sources, atomically.
+
+    An entry `{builtin: name, options: {...}}` writes a bundled dataset instead of fetching.
+    Fetched files stay in `downloads_dir`, so a rerun resumes or reuses them.
+    """
+    from lwise.atomic import atomic_path
+    from lwise.builtin import BUILTIN_DATASETS
+
+    with atomic_path(raw_dir, directory=True) as tmp:
+        for entry in sources:
+            if "builtin" in entry:
+                n = BUILTIN_DATASETS[entry["builtin"]](tmp, **entry.get("options", {}))
+                log.info("wrote builtin dataset %s (%d images)", entry["builtin"], n)
+                continue
+            source = Source.from_config(entry)
+            place(fetch(source, downloads_dir, **fetch_options), source, tmp)
