@@ -91,7 +91,7 @@ def verify(path: Path, source: Source) -> None:
             got = file_digest(path, algorithm)
             if got.lower() != expected.lower():
                 raise ChecksumError(
-                    f"{source.url}: {algorithm} mismatch for {path.name}: "
+                    f"{source.url}: {algorithm} mismatch for {source.name}: "
                     f"expected {expected.lower()}, got {got}"
                 )
 

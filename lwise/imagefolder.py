@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from PIL import Image
 from tqdm import tqdm
 
 from lwise import dirmap
@@ -37,6 +38,8 @@ class BuildOptions:
     seed: int = 0
 
     def __post_init__(self):
+        if isinstance(self.size, int):
+            object.__setattr__(self, "size", (self.size, self.size))
         if self.resize is not None and self.resize not in RESIZE_MODES:
             raise ValueError(f"resize {self.resize!r}: expected one of {RESIZE_MODES} or null")
         if self.resize is not None and self.size is None:
@@ -47,9 +50,7 @@ class BuildOptions:
     @classmethod
     def from_config(cls, cfg: dict) -> BuildOptions:
         size = cfg.get("size")
-        if isinstance(size, int):
-            size = (size, size)
-        return cls(**{**cfg, "size": tuple(size) if size else None})
+        return cls(**{**cfg, "size": tuple(size) if isinstance(size, list) else size})
 
 
 def select_classes(df: pd.DataFrame, names: list[str], inclusive: bool) -> pd.DataFrame:
@@ -127,9 +128,20 @@ def destinations(df: pd.DataFrame, new_ext: str | None) -> pd.Series:
     return pd.Series(out, index=df.index)
 
 
-def _write_one(src: Path, dests: list[Path], opts: BuildOptions) -> None:
-    """Decode `src` once and write every destination (an original and its copies)."""
-    img, changed = load_rgb(src)
+def _decode(src: Path) -> tuple[Image.Image | None, bool, str | None]:
+    """Decode once; an undecodable file is reported (third item), never fatal."""
+    try:
+        img, changed = load_rgb(src)
+        return img, changed, None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        return None, False, f"{type(err).__name__}: {err}"
+
+
+def _write_one(src: Path, dests: list[Path], opts: BuildOptions) -> str | None:
+    """Write every destination of `src` (an original and its copies); return a decode error."""
+    img, changed, error = _decode(src)
+    if error:
+        return error
     new_format = opts.format is not None and FORMATS[opts.format] != src.suffix.lower()
     if opts.resize is None and not changed and not new_format:
         for dest in dests:  # nothing to transform: link (or copy) the bytes
@@ -137,12 +149,13 @@ def _write_one(src: Path, dests: list[Path], opts: BuildOptions) -> None:
                 os.link(src, dest)
             except OSError:
                 shutil.copyfile(src, dest)
-        return
+        return None
     if opts.resize:
         img = resize(img, opts.size, opts.resize)
     for dest in dests:
         kwargs = {"quality": opts.jpeg_quality} if dest.suffix.lower() in (".jpg", ".jpeg") else {}
         img.save(dest, **kwargs)
+    return None
 
 
 def build(
@@ -165,11 +178,7 @@ def build(
 
         def work(item):
             src, dests = item
-            try:
-                _write_one(recipe_csv.parent / src, [tmp / d for d in dests], opts)
-                return src, None
-            except Exception as err:  # noqa: BLE001 - any undecodable file is reported, not fatal
-                return src, f"{type(err).__name__}: {err}"
+            return src, _write_one(recipe_csv.parent / src, [tmp / d for d in dests], opts)
 
         errors = {}
         with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:

@@ -7,6 +7,7 @@ from pathlib import Path
 from PIL import Image, ImageOps
 
 RESIZE_MODES = ("squash", "crop")
+EXIF_ORIENTATION = 0x0112
 FORMATS = {"png": ".png", "jpeg": ".jpg", "webp": ".webp", "bmp": ".bmp"}
 
 
@@ -30,9 +31,9 @@ def load_rgb(path: str | Path) -> tuple[Image.Image, bool]:
     """
     with Image.open(path) as src:
         src.load()
-        oriented = ImageOps.exif_transpose(src)
-        changed = oriented is not src or src.mode != "RGB"
-        return to_rgb(oriented), changed
+        rotated = src.getexif().get(EXIF_ORIENTATION, 1) != 1
+        img = ImageOps.exif_transpose(src) if rotated else src
+        return to_rgb(img), rotated or src.mode != "RGB"
 
 
 def resize(img: Image.Image, size: tuple[int, int], mode: str) -> Image.Image:

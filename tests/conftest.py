@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_workflow(
+    workdir: Path,
+    config: dict,
+    *args: str,
+    check: bool = True,
+    cores: int = 2,
+) -> subprocess.CompletedProcess:
+    """Run the repository's Snakefile on `config` in `workdir`, as a user would."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    cfg = workdir / "test-config.yaml"
+    cfg.write_text(yaml.safe_dump(config))
+    cmd = [
+        sys.executable, "-m", "snakemake",
+        "--snakefile", str(REPO / "Snakefile"),
+        "--directory", str(workdir),
+        "--configfile", str(cfg),
+        "--cores", str(cores),
+        *args,
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def nothing_to_do(workdir: Path, config: dict) -> bool:
+    proc = run_workflow(workdir, config, "--dry-run")
+    return "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def make_image(path: Path, size=(20, 16), color=(200, 30, 30), mode="RGB", fmt=None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(abs(hash(path.name)) % 2**32)
+    arr = rng.integers(0, 255, size=(size[1], size[0], 3), dtype=np.uint8)
+    arr[..., 0] = color[0]
+    img = Image.fromarray(arr, "RGB")
+    if mode != "RGB":
+        img = img.convert(mode)
+    img.save(path, format=fmt)
+    return path
+
+
+def make_imagefolder(root: Path, layout: dict[str, dict[str, int]], ext=".png") -> Path:
+    """`{"train": {"cat": 3, "dog": 2}, "val": {...}}` -> files under root/<split>/<class>/."""
+    for split, classes in layout.items():
+        for cls, n in classes.items():
+            for i in range(n):
+                make_image(root / split / cls / f"{cls}_{split}_{i}{ext}")
+    return root
+
+
+def imagefolder_dataset(url: str, root: str = ".", **source) -> dict:
+    return {
+        "sources": [{"url": url, **source}],
+        "definer": {"type": "imagefolder", "options": {"root": root}},
+    }
+
+
+@pytest.fixture
+def repo() -> Path:
+    return REPO

@@ -1,0 +1,73 @@
+import pandas as pd
+import pytest
+from conftest import make_image
+
+from lwise import dirmap
+
+
+def _write(tmp_path, rows, name="dirmap.csv"):
+    path = tmp_path / name
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def _row(split="train", cls="cat", num=0, im="train/cat/a.png", **extra):
+    return {"split": split, "class": cls, "class_num": num, "im_path": im, **extra}
+
+
+def test_valid_dirmap_reads_with_text_classes_and_extra_columns(tmp_path):
+    make_image(tmp_path / "train/3/a.png")
+    path = _write(tmp_path, [_row(cls="3", num=3, im="train/3/a.png", robust_gt_logit=1.5)])
+    df = dirmap.read(path)
+    assert df.loc[0, "class"] == "3" and df["class_num"].dtype.kind == "i"
+    assert df.loc[0, "robust_gt_logit"] == 1.5
+
+
+def test_missing_columns_named(tmp_path):
+    path = _write(tmp_path, [{"split": "train", "class": "a", "path": "x.png"}])
+    with pytest.raises(
+        dirmap.DirmapError,
+        match=r"(?s)dirmap.csv.*missing required column\(s\) \['class_num', 'im_path'\]",
+    ):
+        dirmap.read(path)
+
+
+def test_every_problem_reported_with_line_numbers(tmp_path):
+    for name in ("a.png", "b.png", "c.png"):
+        make_image(tmp_path / name)
+    rows = [
+        _row(im="a.png"),
+        _row(split="training", im="b.png"),  # line 3: unknown split
+        _row(cls="dog", num=0, im="c.png"),  # line 4: class_num 0 is both cat and dog
+        _row(im="a.png"),  # line 5: duplicate
+        _row(cls="cat", im="gone.png"),  # line 6: missing file
+    ]
+    with pytest.raises(dirmap.DirmapError) as err:
+        dirmap.read(_write(tmp_path, rows))
+    msg = str(err.value)
+    assert "unknown split value(s) ['training']" in msg and "line(s) 3" in msg
+    assert "not one-to-one: class_num '0' has class ['cat', 'dog']" in msg
+    assert "duplicate 'im_path' at line(s) 2, 5" in msg
+    assert "image file(s) missing at line(s) 6" in msg and "gone.png" in msg
+
+
+def test_non_integer_class_num(tmp_path):
+    make_image(tmp_path / "a.png")
+    with pytest.raises(dirmap.DirmapError, match="'class_num' is not an integer at line"):
+        dirmap.read(_write(tmp_path, [_row(num="x", im="a.png")]))
+
+
+def test_write_orders_rows_and_columns(tmp_path):
+    for n in ("v.png", "t2.png", "t1.png"):
+        make_image(tmp_path / n)
+    df = pd.DataFrame(
+        [
+            {"extra": 1, **_row(split="val", im="v.png")},
+            {"extra": 2, **_row(cls="dog", num=1, im="t2.png")},
+            {"extra": 3, **_row(im="t1.png")},
+        ]
+    )
+    out = dirmap.write(df, tmp_path / "d.csv")
+    assert list(out.columns) == ["split", "class", "class_num", "im_path", "extra"]
+    assert list(out["im_path"]) == ["t1.png", "t2.png", "v.png"]
+    assert pd.read_csv(tmp_path / "d.csv")["extra"].tolist() == [3, 2, 1]

@@ -1,0 +1,130 @@
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import make_image, make_imagefolder
+from PIL import Image
+
+from lwise import definers, dirmap
+from lwise.imagefolder import BuildOptions, build
+
+
+@pytest.fixture
+def recipe(tmp_path):
+    make_imagefolder(
+        tmp_path / "raw",
+        {"train": {"ant": 6, "bee": 2, "cat": 4}, "val": {"ant": 3, "bee": 3, "cat": 1}},
+    )
+    definers.define("imagefolder", tmp_path / "raw", tmp_path / "dirmap.csv")
+    return tmp_path / "dirmap.csv"
+
+
+def test_plain_build_links_files_and_keeps_origin(recipe, tmp_path):
+    out = build(recipe, tmp_path / "if", BuildOptions())
+    assert len(out) == 19
+    first = out.iloc[0]
+    assert first["im_path"] == "train/ant/ant_train_0.png"
+    assert (tmp_path / "if" / first["orig_im_path"]).resolve() == (
+        tmp_path / "raw/train/ant/ant_train_0.png"
+    )
+    src, dst = tmp_path / "raw/train/ant/ant_train_0.png", tmp_path / "if/train/ant/ant_train_0.png"
+    assert os.path.samefile(src, dst)  # no transform needed: hard link
+    dirmap.read(tmp_path / "if/dirmap.csv")
+    assert pd.read_csv(tmp_path / "if/skipped.csv").empty
+
+
+def test_class_subset_renumbers_and_keeps_old_numbers(recipe, tmp_path):
+    out = build(recipe, tmp_path / "if", BuildOptions(classes=["bee", "cat"]))
+    pairs = out.drop_duplicates("class").set_index("class")
+    assert pairs.loc["bee", "class_num"] == 0 and pairs.loc["cat", "class_num"] == 1
+    assert pairs.loc["bee", "orig_class_num"] == 1 and pairs.loc["cat", "orig_class_num"] == 2
+    sub = build(recipe, tmp_path / "if2", BuildOptions(classes=["a"], classes_inclusive=True))
+    assert set(sub["class"]) == {"ant", "cat"}
+    with pytest.raises(ValueError, match=r"class\(es\) \['cow'\] not in the dirmap"):
+        build(recipe, tmp_path / "if3", BuildOptions(classes=["cow"]))
+    assert not (tmp_path / "if3").exists()
+
+
+def test_balanced_subsample_is_reproducible(recipe, tmp_path):
+    opts = BuildOptions(n_per_class={"train": 2})
+    a = build(recipe, tmp_path / "a", opts)
+    b = build(recipe, tmp_path / "b", opts)
+    assert a["im_path"].tolist() == b["im_path"].tolist()
+    counts = a.groupby(["split", "class"]).size()
+    assert (counts["train"] == 2).all()
+    assert counts[("val", "ant")] == 3  # val not limited
+    other = build(recipe, tmp_path / "c", BuildOptions(n_per_class={"train": 2}, seed=5))
+    assert other["im_path"].tolist() != a["im_path"].tolist()
+
+
+def test_oversample_names_copies_distinctly(recipe, tmp_path):
+    out = build(recipe, tmp_path / "o", BuildOptions(oversample=True))
+    counts = out.groupby(["split", "class"]).size()
+    assert (counts["train"] == 6).all() and (counts["val"] == 3).all()
+    copies = out[out["copy"] > 0]
+    assert len(copies) == (6 - 2) + (6 - 4) + (3 - 1)
+    assert copies["im_path"].str.contains("__copy").all()
+    assert out["im_path"].is_unique and set(out.loc[out["copy"] == 0, "class"]) == {
+        "ant",
+        "bee",
+        "cat",
+    }
+
+
+@pytest.mark.parametrize("mode, expected_red_at_edge", [("squash", True), ("crop", False)])
+def test_resize_modes_and_format(tmp_path, mode, expected_red_at_edge):
+    raw = tmp_path / "raw/train/x"
+    raw.mkdir(parents=True)
+    img = np.zeros((20, 60, 3), np.uint8)  # wide: red left third, green middle, blue right
+    img[:, :20, 0] = img[:, 20:40, 1] = img[:, 40:, 2] = 255
+    Image.fromarray(img).save(raw / "wide.png")
+    definers.define("imagefolder", tmp_path / "raw", tmp_path / "d.csv")
+    out = build(
+        tmp_path / "d.csv", tmp_path / "o", BuildOptions(resize=mode, size=(10, 10), format="jpeg")
+    )
+    assert out.loc[0, "im_path"] == "train/x/wide.jpg"
+    with Image.open(tmp_path / "o/train/x/wide.jpg") as res:
+        assert res.size == (10, 10) and res.format == "JPEG"
+        left = np.asarray(res)[5, 0]
+    assert (left[0] > 150) == expected_red_at_edge  # crop keeps only the green centre
+
+
+def test_exif_orientation_and_modes_become_rgb(tmp_path):
+    folder = tmp_path / "raw/train/x"
+    make_image(folder / "cmyk.jpg", mode="CMYK", fmt="JPEG")
+    make_image(folder / "gray.png", mode="L")
+    make_image(folder / "pal.png", mode="P")
+    rgba = Image.new("RGBA", (4, 4), (0, 0, 0, 0))
+    rgba.save(folder / "alpha.png")
+    rotated = Image.new("RGB", (30, 10), (10, 200, 10))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° on display
+    rotated.save(folder / "rot.jpg", exif=exif)
+    definers.define("imagefolder", tmp_path / "raw", tmp_path / "d.csv")
+    build(tmp_path / "d.csv", tmp_path / "o", BuildOptions())
+    for name in ("cmyk.jpg", "gray.png", "pal.png", "alpha.png", "rot.jpg"):
+        with Image.open(tmp_path / "o/train/x" / name) as im:
+            assert im.mode == "RGB", name
+    with Image.open(tmp_path / "o/train/x/rot.jpg") as im:
+        assert im.size == (10, 30)
+    with Image.open(tmp_path / "o/train/x/alpha.png") as im:
+        assert im.getpixel((0, 0)) == (255, 255, 255)  # transparent -> white, not black
+
+
+def test_corrupt_image_is_skipped_and_reported(recipe, tmp_path):
+    bad = tmp_path / "raw/train/bee/bee_train_1.png"
+    bad.write_bytes(b"not a png at all")
+    out = build(recipe, tmp_path / "o", BuildOptions(resize="squash", size=8))
+    skipped = pd.read_csv(tmp_path / "o/skipped.csv")
+    assert skipped["im_path"].tolist() == ["raw/train/bee/bee_train_1.png"]
+    assert "UnidentifiedImageError" in skipped.loc[0, "error"]
+    assert len(out) == 18 and not (tmp_path / "o/train/bee/bee_train_1.png").exists()
+
+
+def test_bad_options_are_rejected():
+    with pytest.raises(ValueError, match="resize 'stretch'"):
+        BuildOptions(resize="stretch", size=(2, 2))
+    with pytest.raises(ValueError, match="resize needs 'size'"):
+        BuildOptions(resize="crop")
+    assert BuildOptions.from_config({"size": 32, "resize": "crop"}).size == (32, 32)
