@@ -45,10 +45,12 @@ class Source:
     md5: str | None = None
     filename: str | None = None
     extract: bool | None = None  # None: extract when the name looks like an archive
+    nested: bool = False  # also extract archives found inside (Dataverse bundles zips in a zip)
 
     @classmethod
     def from_config(cls, entry: dict) -> Source:
-        return cls(**{k: entry.get(k) for k in ("url", "sha256", "md5", "filename", "extract")})
+        keys = ("url", "sha256", "md5", "filename", "extract", "nested")
+        return cls(**{k: entry[k] for k in keys if k in entry})
 
     @property
     def scheme(self) -> str:
@@ -253,6 +255,12 @@ def place(path: Path, source: Source, raw_dir: Path) -> None:
         log.info("extracting %s", path)
         members = extract(path, raw_dir)
         log.info("extracted %d members from %s", len(members), path.name)
+        if source.nested:
+            for inner in sorted(members):
+                if is_archive(inner) and (raw_dir / inner).is_file():
+                    log.info("extracting nested %s", inner)
+                    extract(raw_dir / inner, (raw_dir / inner).parent)
+                    (raw_dir / inner).unlink()
     else:
         target = raw_dir / source.name
         try:

@@ -104,3 +104,17 @@ def test_failed_dataset_leaves_no_raw_folder(tmp_path):
         download_dataset([{"url": str(tmp_path / "nope.zip")}], tmp_path / "raw", tmp_path / "dl")
     assert not (tmp_path / "raw").exists()
     assert [p.name for p in tmp_path.iterdir()] == []
+
+
+def test_nested_archives_are_extracted_in_place(tmp_path):
+    import zipfile
+
+    inner = io.BytesIO()
+    with zipfile.ZipFile(inner, "w") as zf:
+        zf.writestr("ISIC_0000001.jpg", b"jpg")
+    outer = tmp_path / "bundle.zip"
+    with zipfile.ZipFile(outer, "w") as zf:
+        zf.writestr("images_part_1.zip", inner.getvalue())
+        zf.writestr("metadata.csv", "a,b\n")
+    download_dataset([{"url": str(outer), "nested": True}], tmp_path / "raw", tmp_path / "dl")
+    assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == ["ISIC_0000001.jpg", "metadata.csv"]

@@ -135,3 +135,10 @@ def test_invalid_config_names_the_field(tmp_path):
     assert proc.returncode != 0
     out = proc.stdout + proc.stderr
     assert "['sources'][0]['sha256']" in out and "does not match" in out
+
+
+def test_public_datasets_example_config_is_valid(tmp_path):
+    config = yaml.safe_load((REPO / "configs/public-datasets.yaml").read_text())
+    dry = run_workflow(tmp_path, config, "--dry-run")
+    for name in ("imagenette", "cub200", "ham10000", "inat2021"):
+        assert f"dataset={name}" in dry.stdout
