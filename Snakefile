@@ -9,6 +9,9 @@ include: "rules/common.smk"
 include: "rules/download.smk"
 include: "rules/dirmap.smk"
 include: "rules/imagefolder.smk"
+include: "rules/train.smk"
+include: "rules/score.smk"
+include: "rules/enhance.smk"
 
 
 rule all:

@@ -1,0 +1,381 @@
+"""Throughput of enhancement (reference vs fast PGD), difficulty scoring and adversarial training.
+
+Run on a GPU:  python bench/enhance.py
+CPU smoke run: python bench/enhance.py --quick
+
+Unless --checkpoint is given, the guide model is a randomly initialised torchvision ResNet-50
+whose BatchNorm statistics are first estimated on the benchmark images, so activations and
+logits have realistic scales; the training part always starts from such a model.
+Timings are wall-clock between torch.cuda.synchronize calls, after warm-up (which includes
+torch.compile). The reference mode runs with PyTorch's default precision flags (printed), like
+the original robustness code did.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms
+
+from lwise.attacks import pgd
+from lwise.checkpoints import load_model
+from lwise.models import ImageClassifier, Normalize, prepare_fast
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny CPU smoke run")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--arch", default="resnet50", help="torchvision classification model")
+    parser.add_argument("--num-classes", type=int, default=1000)
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="guide-model weights for the enhancement and scoring parts (random init if absent:"
+        " gradients of a random deep network are far more sensitive to bf16 than a trained one's)",
+    )
+    parser.add_argument(
+        "--trusted", action="store_true", help="allow full unpickling of --checkpoint"
+    )
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--images", type=int, default=512, help="enhanced images per mode")
+    # L-WISE ImageNet setting: eps 20, 40 steps of 0.5 (reference §1.6), logit objective.
+    parser.add_argument("--eps", type=float, default=20.0)
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--step-size", type=float, default=0.5)
+    parser.add_argument("--objective", default="logit")
+    parser.add_argument("--reference-batch", type=int, default=32)  # enhance.py default
+    parser.add_argument("--fast-batches", default="64,128,256")
+    parser.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="torch.compile the fast model (default: on CUDA only)",
+    )
+    parser.add_argument(
+        "--compile-mode", default=None, help="torch.compile mode, e.g. max-autotune-no-cudagraphs"
+    )
+    parser.add_argument("--score-images", type=int, default=1024)
+    parser.add_argument("--score-batch", type=int, default=256)
+    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
+    parser.add_argument("--train-images", type=int, default=1024)
+    parser.add_argument("--train-batch", type=int, default=128)
+    # robustness training defaults: 7 attack steps of 0.5 (reference §3.7, §7.1).
+    parser.add_argument("--train-eps", type=float, default=3.0)
+    parser.add_argument("--train-steps", type=int, default=7)
+    parser.add_argument("--train-step-size", type=float, default=0.5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    if args.quick:
+        args.device = "cpu"
+        args.size, args.images, args.steps, args.eps = 64, 8, 2, 1.0
+        args.reference_batch, args.fast_batches = 4, "4,8"
+        args.score_images, args.score_batch, args.workers = 16, 8, 2
+        args.train_images, args.train_batch, args.train_steps = 16, 8, 2
+    args.fast_batches = [int(b) for b in args.fast_batches.split(",")]
+    return args
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(device: torch.device, fn: Callable[[], object]) -> tuple[object, float]:
+    synchronize(device)
+    start = time.perf_counter()
+    result = fn()
+    synchronize(device)
+    return result, time.perf_counter() - start
+
+
+def random_images(n: int, size: int, gen: torch.Generator) -> torch.Tensor:
+    """Smooth random images in [0, 1]: coarse noise upsampled, so they have spatial structure."""
+    coarse = torch.rand(n, 3, max(2, size // 16), max(2, size // 16), generator=gen)
+    return F.interpolate(coarse, size=size, mode="bicubic", align_corners=False).clamp(0, 1)
+
+
+def make_model(args: argparse.Namespace, calibration: torch.Tensor) -> ImageClassifier:
+    """Random-init network with BatchNorm running statistics averaged over `calibration`."""
+    net = torchvision.models.get_model(args.arch, weights=None, num_classes=args.num_classes)
+    model = ImageClassifier(
+        net, Normalize(IMAGENET_MEAN, IMAGENET_STD), arch=args.arch, num_classes=args.num_classes
+    ).to(calibration.device)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.reset_running_stats()
+            module.momentum = None  # cumulative average over the calibration batches
+    model.train()
+    with torch.no_grad():
+        for batch in calibration.split(32):
+            model(batch)
+    return model.eval()
+
+
+def gt_logits(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat(
+            [
+                model(xb).gather(1, yb[:, None]).squeeze(1)
+                for xb, yb in zip(x.split(batch), y.split(batch), strict=True)
+            ]
+        )
+
+
+def enhance_all(model, x, y, batch: int, mode: str, args) -> torch.Tensor:
+    kwargs = {
+        "eps": args.eps,
+        "step_size": args.step_size,
+        "steps": args.steps,
+        "objective": args.objective,
+        "mode": mode,
+    }
+    return torch.cat(
+        [
+            pgd(model, xb, yb, **kwargs)
+            for xb, yb in zip(x.split(batch), y.split(batch), strict=True)
+        ]
+    )
+
+
+def bench_enhance(args, device, model, fast_model, x, y) -> dict:
+    results = {}
+    clean = gt_logits(model, x, y, args.reference_batch)
+
+    def run(name: str, net: nn.Module, batch: int, mode: str) -> dict:
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        timed(
+            device,
+            lambda: pgd(
+                net,
+                x[:batch],
+                y[:batch],
+                eps=args.eps,
+                step_size=args.step_size,
+                steps=2,
+                objective=args.objective,
+                mode=mode,
+            ),
+        )  # warm-up: compile, cuDNN autotuning
+        out, seconds = timed(device, lambda: enhance_all(net, x, y, batch, mode, args))
+        # Gains are always measured with the fp32 reference model.
+        gain = (gt_logits(model, out, y, args.reference_batch) - clean).mean().item()
+        row = {
+            "mode": mode,
+            "batch": batch,
+            "images_per_s": len(x) / seconds,
+            "gt_logit_gain": gain,
+        }
+        if device.type == "cuda":
+            row["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+        print(
+            f"  {name:<10} batch {batch:>4}: {row['images_per_s']:8.1f} images/s, "
+            f"mean GT-logit gain {gain:.4f}"
+            + (f", peak {row['peak_gib']:.1f} GiB" if "peak_gib" in row else ""),
+            flush=True,
+        )
+        return row
+
+    print(
+        f"enhancement: {len(x)} images {args.size}px, eps {args.eps}, {args.steps} steps of "
+        f"{args.step_size}, objective {args.objective}",
+        flush=True,
+    )
+    results["reference"] = run("reference", model, args.reference_batch, "reference")
+    fast_rows = [run("fast", fast_model, b, "fast") for b in args.fast_batches]
+    best = max(fast_rows, key=lambda r: r["images_per_s"])
+    results["fast_all"], results["fast"] = fast_rows, best
+    ref = results["reference"]
+    results["speedup"] = best["images_per_s"] / ref["images_per_s"]
+    results["gain_rel_diff"] = abs(best["gt_logit_gain"] - ref["gt_logit_gain"]) / abs(
+        ref["gt_logit_gain"]
+    )
+    print(
+        f"  fast (batch {best['batch']}) / reference: {results['speedup']:.2f}x images/s; "
+        f"GT-logit gain relative difference {100 * results['gain_rel_diff']:.2f} %",
+        flush=True,
+    )
+    return results
+
+
+class JpegFolder(Dataset):
+    """JPEG files decoded with PIL, then Resize + CenterCrop + ToTensor as in L-WISE §1.2."""
+
+    def __init__(self, paths: list[Path], labels: list[int], size: int):
+        self.paths, self.labels = paths, labels
+        self.transform = transforms.Compose(
+            [transforms.Resize(size), transforms.CenterCrop(size), transforms.ToTensor()]
+        )
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        with Image.open(self.paths[i]) as img:
+            return self.transform(img.convert("RGB")), self.labels[i]
+
+
+def bench_scoring(args, device, fast_model, gen) -> dict:
+    """Forward-only GT logits of JPEG files, decoding included (difficulty scoring)."""
+    print(
+        f"scoring: {args.score_images} JPEGs, batch {args.score_batch}, {args.workers} workers",
+        flush=True,
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = [Path(tmp) / f"{i:05d}.jpg" for i in range(args.score_images)]
+        labels = [i % args.num_classes for i in range(args.score_images)]
+        # Larger than the crop and not square, as photos are: Resize and CenterCrop both work.
+        shape = (args.size * 4 // 3, args.size + args.size // 7)
+        for first in range(0, args.score_images, 64):
+            chunk = random_images(min(64, args.score_images - first), args.size, gen)
+            for path, img in zip(paths[first:], chunk, strict=False):
+                array = (img.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+                Image.fromarray(array).resize(shape).save(path, quality=90)
+        loader = DataLoader(
+            JpegFolder(paths, labels, args.size),
+            batch_size=args.score_batch,
+            num_workers=args.workers,
+            pin_memory=device.type == "cuda",
+        )
+
+        def score_epoch() -> torch.Tensor:
+            logits = []
+            with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16):
+                for images, y in loader:
+                    images = images.to(device, non_blocking=True).contiguous(
+                        memory_format=torch.channels_last
+                    )
+                    y = y.to(device, non_blocking=True)
+                    logits.append(fast_model(images).float().gather(1, y[:, None]))
+            return torch.cat(logits)
+
+        timed(device, score_epoch)  # warm-up: compile, worker start-up paths, page cache
+        _, seconds = timed(device, score_epoch)
+        batch = next(iter(loader))[0].to(device).contiguous(memory_format=torch.channels_last)
+
+        def forward_only() -> None:
+            with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16):
+                for _ in range(len(loader)):
+                    fast_model(batch)
+
+        _, model_seconds = timed(device, forward_only)
+    result = {
+        "images_per_s": args.score_images / seconds,
+        "model_only_images_per_s": len(loader) * len(batch) / model_seconds,
+    }
+    print(
+        f"  with JPEG decoding: {result['images_per_s']:.1f} images/s; "
+        f"model alone: {result['model_only_images_per_s']:.1f} images/s",
+        flush=True,
+    )
+    return result
+
+
+def bench_training(args, device, gen) -> dict:
+    """One epoch of PGD adversarial training (bf16 autocast, channels_last) on synthetic data.
+
+    The attack runs in eval mode with frozen parameters (robustness `AttackerModel` switches to
+    eval for the attack); the update runs in train mode.
+    """
+    x = random_images(args.train_images, args.size, gen).to(device)
+    y = torch.randint(0, args.num_classes, (args.train_images,), generator=gen).to(device)
+    model = make_model(args, x[:64]).to(memory_format=torch.channels_last)
+    compile_model = args.compile if args.compile is not None else device.type == "cuda"
+    net = torch.compile(model, mode=args.compile_mode, dynamic=False) if compile_model else model
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    print(
+        f"adversarial training: {args.train_images} images {args.size}px, batch "
+        f"{args.train_batch}, eps {args.train_eps}, {args.train_steps} steps",
+        flush=True,
+    )
+
+    def train_step(xb: torch.Tensor, yb: torch.Tensor) -> None:
+        net.eval()
+        model.requires_grad_(False)
+        adv = pgd(
+            net,
+            xb,
+            yb,
+            eps=args.train_eps,
+            step_size=args.train_step_size,
+            steps=args.train_steps,
+            objective="cross_entropy",
+            direction="attack",
+            mode="fast",
+        )
+        net.train()
+        model.requires_grad_(True)
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            loss = F.cross_entropy(
+                net(adv.contiguous(memory_format=torch.channels_last)).float(), yb
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    def epoch() -> None:
+        for xb, yb in zip(x.split(args.train_batch), y.split(args.train_batch), strict=True):
+            train_step(xb, yb)
+
+    for _ in range(2):  # warm-up: both compiled graphs, optimizer state
+        train_step(x[: args.train_batch], y[: args.train_batch])
+    _, seconds = timed(device, epoch)
+    result = {"images_per_s": args.train_images / seconds}
+    print(f"  {result['images_per_s']:.1f} images/s", flush=True)
+    return result
+
+
+def main() -> None:
+    args = parse_args()
+    device = torch.device(args.device)
+    torch.backends.cudnn.benchmark = True  # for both modes alike
+    gen = torch.Generator().manual_seed(args.seed)
+    x = random_images(args.images, args.size, gen).to(device)
+    y = torch.randint(0, args.num_classes, (args.images,), generator=gen).to(device)
+    if args.checkpoint:
+        model = load_model(
+            args.checkpoint,
+            arch=args.arch,
+            num_classes=args.num_classes,
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
+            trusted=args.trusted,
+            map_location=device,
+        )
+    else:
+        model = make_model(args, x[:64])
+    fast_model = prepare_fast(model, compile=args.compile, compile_mode=args.compile_mode)
+    env = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+        "matmul_precision": torch.get_float32_matmul_precision(),
+        "arch": args.arch,
+        "weights": str(args.checkpoint) if args.checkpoint else "random init",
+    }
+    print(" ".join(f"{k}={v}" for k, v in env.items()), flush=True)
+    results = {"env": env, "enhance": bench_enhance(args, device, model, fast_model, x, y)}
+    results["scoring"] = bench_scoring(args, device, fast_model, gen)
+    results["training"] = bench_training(args, device, gen)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,233 @@
+"""Classifier architectures, input normalisation, head replacement and fast inference setup.
+
+Every model the workflow uses is an `ImageClassifier`: images in [0, 1] go in, the wrapper
+normalises them (robustness `InputNormalize`), and the wrapped network returns logits. Weights
+come only from checkpoints (`lwise.checkpoints`); nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Sequence
+
+import timm
+import torch
+import torchvision
+from torch import fx, nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+log = logging.getLogger(__name__)
+
+PREFIXES = ("tv", "timm")
+
+
+class Normalize(nn.Module):
+    """Clamp to [0, 1], then (x − mean)/std per channel (robustness `tools/helpers.py`)."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (torch.clamp(x, 0, 1) - self.mean) / self.std
+
+
+class ImageClassifier(nn.Module):
+    """`net(normalize(x))` for x in [0, 1]; carries the architecture name and class names."""
+
+    def __init__(
+        self,
+        net: nn.Module,
+        normalize: Normalize,
+        *,
+        arch: str,
+        num_classes: int,
+        class_names: Sequence[str] | None = None,
+    ):
+        super().__init__()
+        self.normalize = normalize
+        self.net = net
+        self.arch = arch
+        self.num_classes = num_classes
+        self.class_names = list(class_names) if class_names is not None else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(self.normalize(x))
+
+
+class SmallCNN(nn.Module):
+    """Three conv-BN-ReLU stages, global average pooling and a linear head (about 60k
+    parameters): the default guide model for the small built-in dataset (32×32 RGB digits)."""
+
+    def __init__(self, num_classes: int, width: int = 16):
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = [3, width, 2 * width, 4 * width, 4 * width]
+        for i, (cin, cout) in enumerate(zip(channels, channels[1:], strict=False)):
+            # Stride 2 after the first block: 32 -> 16 -> 8 -> 4.
+            stride = 1 if i == 0 else 2
+            layers += [
+                nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(inplace=True),
+            ]
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(channels[-1], num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.pool(self.features(x)), 1))
+
+
+LOCAL_ARCHS = {"small_cnn": SmallCNN}
+
+
+def _torchvision_names() -> list[str]:
+    return torchvision.models.list_models(module=torchvision.models)
+
+
+def _create_net(arch: str, num_classes: int) -> nn.Module:
+    """Resolve `arch`: "tv:<name>", "timm:<name>", a local name, or a plain name looked up in
+    torchvision (classification models) first, then timm."""
+    prefix, _, name = arch.rpartition(":")
+    if prefix and prefix not in PREFIXES:
+        raise ValueError(f"unknown architecture prefix {prefix!r} in {arch!r}; valid: {PREFIXES}")
+    if not prefix and name in LOCAL_ARCHS:
+        return LOCAL_ARCHS[name](num_classes)
+    if prefix == "tv" or (not prefix and name in _torchvision_names()):
+        if name not in _torchvision_names():
+            raise ValueError(f"torchvision has no classification model {name!r}")
+        return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+    if timm.is_model(name):
+        return timm.create_model(name, pretrained=False, num_classes=num_classes)
+    raise ValueError(
+        f"unknown architecture {arch!r}: not one of {sorted(LOCAL_ARCHS)}, a torchvision "
+        "classification model or a timm model"
+    )
+
+
+def build_model(
+    arch: str,
+    num_classes: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    pretrained: bool = False,
+    class_names: Sequence[str] | None = None,
+) -> ImageClassifier:
+    """A randomly initialised `ImageClassifier` (weights come from `lwise.checkpoints`)."""
+    if pretrained:
+        raise ValueError(
+            "pretrained weights are never downloaded; give the checkpoint's path instead "
+            "(lwise.checkpoints.load_model)"
+        )
+    if class_names is not None and len(class_names) != num_classes:
+        raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
+    net = _create_net(arch, num_classes)
+    return ImageClassifier(
+        net, Normalize(mean, std), arch=arch, num_classes=num_classes, class_names=class_names
+    )
+
+
+def head_name(net: nn.Module) -> str:
+    """Qualified name of the network's final nn.Linear (its classifier head)."""
+    if hasattr(net, "get_classifier"):  # timm
+        linears = [m for m in net.get_classifier().modules() if isinstance(m, nn.Linear)]
+        if linears:
+            return next(n for n, m in net.named_modules() if m is linears[-1])
+    # torchvision: resnet/regnet `fc`, densenet/convnext/vgg/efficientnet `classifier`,
+    # vit `heads`, swin `head`; the last Linear inside a Sequential is the one to replace.
+    for attr in ("fc", "classifier", "heads", "head"):
+        module = getattr(net, attr, None)
+        if isinstance(module, nn.Module):
+            linears = [n for n, m in module.named_modules() if isinstance(m, nn.Linear)]
+            if linears:
+                return ".".join(filter(None, (attr, linears[-1])))
+    raise TypeError(f"cannot find the classifier head of {type(net).__name__}")
+
+
+def replace_head(model: ImageClassifier, num_classes: int) -> ImageClassifier:
+    """Give the model a new, randomly initialised head with `num_classes` outputs.
+
+    timm networks use their own `reset_classifier`; torchvision ones get a new nn.Linear in
+    place of the last one. The normaliser is kept, as in L-WISE fine-tuning (reference §3.6): a
+    robust ImageNet model fine-tuned on another dataset keeps the ImageNet mean/std.
+    Returns the same object.
+    """
+    net = model.net
+    old = net.get_submodule(head_name(net))
+    placement = {"device": old.weight.device, "dtype": old.weight.dtype}
+    if hasattr(net, "reset_classifier"):
+        net.reset_classifier(num_classes)
+        net.get_classifier().to(**placement)
+    else:
+        new = nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
+        net.set_submodule(head_name(net), new.to(**placement))
+    if num_classes != model.num_classes:
+        model.class_names = None
+    model.num_classes = num_classes
+    return model
+
+
+def _foldable(conv_node: object, modules: dict[str, nn.Module], uses: dict[str, int]) -> bool:
+    if not (isinstance(conv_node, fx.Node) and conv_node.op == "call_module"):
+        return False
+    # Exact types: timm's BatchNormAct2d (a BatchNorm2d subclass) also applies an activation,
+    # and Conv2d subclasses may pad in forward.
+    return (
+        type(modules[conv_node.target]) is nn.Conv2d
+        and len(conv_node.users) == 1
+        and uses[conv_node.target] == 1
+    )
+
+
+def fold_batchnorm(model: ImageClassifier) -> ImageClassifier:
+    """An eval-mode copy in which every Conv2d whose only consumer is a BatchNorm2d absorbs it.
+
+    The network is traced with torch.fx; one that cannot be traced is returned unfolded (and
+    the reason logged), which changes speed, not results.
+    """
+    model = copy.deepcopy(model).eval()
+    try:
+        graph_module = fx.symbolic_trace(model.net)
+    except Exception as err:  # fx raises many types for untraceable control flow
+        log.warning("BatchNorm not folded: cannot trace %s (%s)", model.arch, err)
+        return model
+    modules = dict(graph_module.named_modules())
+    uses: dict[str, int] = {}
+    for node in graph_module.graph.nodes:
+        if node.op == "call_module":
+            uses[node.target] = uses.get(node.target, 0) + 1
+    for node in list(graph_module.graph.nodes):
+        if node.op != "call_module" or type(modules[node.target]) is not nn.BatchNorm2d:
+            continue
+        bn, conv_node = modules[node.target], node.args[0]
+        if bn.running_mean is None or not _foldable(conv_node, modules, uses):
+            continue
+        fused = fuse_conv_bn_eval(modules[conv_node.target], bn)
+        graph_module.set_submodule(conv_node.target, fused)
+        node.replace_all_uses_with(conv_node)
+        graph_module.graph.erase_node(node)
+    graph_module.graph.lint()
+    graph_module.delete_all_unused_submodules()
+    graph_module.recompile()
+    model.net = graph_module
+    return model
+
+
+def prepare_fast(
+    model: ImageClassifier, compile: bool | None = None, compile_mode: str | None = None
+) -> nn.Module:
+    """The model set up for `pgd(..., mode="fast")` and fast scoring: an eval copy with
+    BatchNorm folded, frozen parameters (input-only gradients), channels_last weights, and
+    torch.compile when `compile` is True (default: only on CUDA, as compiling on the CPU costs
+    more than it saves). Shapes are compiled statically: each new batch size compiles again.
+    """
+    device = next(model.parameters()).device
+    fast = fold_batchnorm(model)
+    fast.requires_grad_(False)
+    fast = fast.to(memory_format=torch.channels_last)
+    if compile if compile is not None else device.type == "cuda":
+        return torch.compile(fast, mode=compile_mode, dynamic=False)
+    return fast

@@ -1,0 +1,482 @@
+"""Upload an image set to S3 (or an S3-compatible store) and write a dirmap with object URLs.
+
+A reimplementation of L-WISE `dataset_setup/upload_images_s3.py` with its problems fixed:
+buckets can be created in any region (LocationConstraint), objects are private unless asked
+otherwise, reruns skip objects whose MD5 already matches, uploads run in parallel with retries,
+and the input dirmap is never overwritten.
+
+Keys are the dirmap's `im_path` (with '/' separators) under an optional prefix, so every
+version of a set (natural, each epsilon) gives an image the same relative key: the psych code
+serves another version by swapping only the bucket name (or prefix) in the URL.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import mimetypes
+import os
+import random
+import re
+import time
+import urllib.parse
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+import boto3
+import pandas as pd
+from botocore.config import Config
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    HTTPClientError,
+    NoCredentialsError,
+    PartialCredentialsError,
+)
+from botocore.exceptions import ConnectionError as BotoConnectionError
+from tqdm import tqdm
+
+from lwise import dirmap
+from lwise.atomic import write_csv, write_text
+from lwise.dirmap import _rows as lines_of
+
+log = logging.getLogger(__name__)
+
+ADDRESSING_STYLES = ("auto", "path", "virtual")
+SSE_MODES = (None, "AES256", "aws:kms")
+US_EAST_1 = "us-east-1"
+CREDENTIALS_HINT = (
+    "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (plus AWS_SESSION_TOKEN for temporary "
+    "credentials), or AWS_PROFILE naming a profile in ~/.aws/credentials"
+)
+_DENIED = {"AccessDenied", "Forbidden", "403", "AllAccessDisabled"}
+_BAD_CREDENTIALS = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken"}
+# Botocore retries these itself; the wrapper covers failures that outlast its attempts.
+_TRANSIENT = (BotoConnectionError, HTTPClientError)
+
+
+class S3UploadError(RuntimeError):
+    """An upload could not be completed; the message names the bucket and what failed."""
+
+
+class S3CredentialsError(S3UploadError):
+    """No usable AWS credentials."""
+
+
+class S3AccessDenied(S3UploadError):
+    """The credentials lack a permission; the message names the bucket and operation."""
+
+
+# --- names and URLs ------------------------------------------------------------------------------
+
+
+def _fill(template: str, fields: Mapping[str, object], what: str) -> str:
+    try:
+        return template.format(**{k: str(v) for k, v in fields.items()})
+    except (KeyError, IndexError) as err:
+        raise ValueError(f"{what} template {template!r}: no value for field {err}") from err
+
+
+def bucket_name(template: str, **fields: object) -> str:
+    """Fill `template` (e.g. "{prefix}-{dataset}-{version}") and sanitise it to S3 bucket rules.
+
+    Lowercase; a '.' between digits becomes 'dot' (0.5 -> 0dot5, as the L-WISE batch scripts
+    name buckets); any run of characters outside [a-z0-9.-] becomes '-'. Raises ValueError if
+    the result still breaks the rules (3-63 characters, starts and ends with a letter or digit,
+    no '..', not an IP address, no reserved prefix or suffix).
+    """
+    raw = _fill(template, fields, "bucket")
+    name = re.sub(r"(?<=\d)\.(?=\d)", "dot", raw.lower())
+    name = re.sub(r"[^a-z0-9.-]+", "-", name)
+    name = re.sub(r"-{2,}", "-", name).strip("-.")
+    problem = None
+    if not 3 <= len(name) <= 63:
+        problem = f"is {len(name)} characters long (S3 allows 3-63)"
+    elif ".." in name:
+        problem = "contains '..'"
+    elif re.fullmatch(r"\d+\.\d+\.\d+\.\d+", name):
+        problem = "looks like an IP address"
+    # Reserved forms with '--' (xn--, --ol-s3) cannot occur: runs of '-' were collapsed.
+    elif name.startswith(("sthree-", "amzn-s3-demo-")) or name.endswith("-s3alias"):
+        problem = "uses a prefix or suffix that S3 reserves"
+    if problem:
+        raise ValueError(f"bucket template {template!r} gives {name!r}, which {problem}")
+    return name
+
+
+def key_prefix(template: str, **fields: object) -> str:
+    """Fill a key-prefix template; '' or a '/'-separated prefix ending in '/'."""
+    prefix = _fill(template, fields, "key prefix").replace("\\", "/").strip("/")
+    return f"{prefix}/" if prefix else ""
+
+
+def object_url(
+    bucket: str,
+    key: str,
+    *,
+    region: str,
+    endpoint_url: str | None = None,
+    addressing_style: str = "auto",
+) -> str:
+    """The object's URL: AWS virtual-hosted style, or path style on a custom endpoint.
+
+    Path style is used on AWS too when asked, or when the bucket name has dots (the wildcard
+    TLS certificate of virtual-hosted URLs does not cover them).
+    """
+    quoted = urllib.parse.quote(key, safe="/")
+    if endpoint_url:
+        base = endpoint_url.rstrip("/")
+        if addressing_style == "virtual":
+            parts = urllib.parse.urlsplit(base)
+            return f"{parts.scheme}://{bucket}.{parts.netloc}{parts.path}/{quoted}"
+        return f"{base}/{bucket}/{quoted}"
+    host = "s3.amazonaws.com" if region == US_EAST_1 else f"s3.{region}.amazonaws.com"
+    if addressing_style == "path" or "." in bucket:
+        return f"https://{host}/{bucket}/{quoted}"
+    return f"https://{bucket}.{host}/{quoted}"
+
+
+# --- configuration -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UploadConfig:
+    """Where and how to upload one image set.
+
+    `bucket` and `key_prefix` are templates filled from `fields` (see `bucket_name`): one
+    bucket per set (L-WISE style, e.g. "{prefix}-{dataset}-{version}") or one bucket with a key
+    prefix per set. `endpoint_url` None means AWS; `region` None takes the boto3 default
+    (AWS_DEFAULT_REGION / profile), else us-east-1. `retries` bounds both botocore's retries
+    (throttling, 5xx, connection errors) and an outer retry of connection failures, with
+    exponential backoff from `backoff_s`.
+    """
+
+    bucket: str
+    fields: Mapping[str, object] = field(default_factory=dict)
+    key_prefix: str = ""
+    endpoint_url: str | None = None
+    region: str | None = None
+    addressing_style: str = "auto"
+    public_read: bool = False
+    sse: str | None = None
+    kms_key_id: str | None = None
+    max_workers: int = 8
+    retries: int = 5
+    backoff_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.addressing_style not in ADDRESSING_STYLES:
+            raise ValueError(
+                f"addressing_style {self.addressing_style!r}: expected one of {ADDRESSING_STYLES}"
+            )
+        if self.sse not in SSE_MODES:
+            raise ValueError(f"sse {self.sse!r}: expected one of {SSE_MODES}")
+        if self.kms_key_id and self.sse != "aws:kms":
+            raise ValueError("kms_key_id needs sse='aws:kms'")
+        if self.max_workers < 1 or self.retries < 0 or self.backoff_s < 0:
+            raise ValueError("max_workers must be >= 1, retries and backoff_s >= 0")
+
+    @property
+    def bucket_name(self) -> str:
+        return bucket_name(self.bucket, **self.fields)
+
+    @property
+    def prefix(self) -> str:
+        return key_prefix(self.key_prefix, **self.fields)
+
+
+@dataclass(frozen=True)
+class UploadStats:
+    """What one `upload_image_set` call did."""
+
+    bucket: str
+    prefix: str
+    uploaded: int
+    skipped: int
+
+
+# --- S3 calls ------------------------------------------------------------------------------------
+
+
+def _client(session: boto3.Session, cfg: UploadConfig, region: str):
+    options = {
+        "region_name": region,
+        "retries": {"mode": "standard", "total_max_attempts": cfg.retries + 1},
+        "max_pool_connections": max(10, cfg.max_workers),
+    }
+    if cfg.endpoint_url:
+        # Virtual-hosted style needs wildcard DNS, which local S3-compatible servers rarely have;
+        # boto3's default checksum headers break some of them.
+        style = "path" if cfg.addressing_style == "auto" else cfg.addressing_style
+        options |= {
+            "s3": {"addressing_style": style},
+            "request_checksum_calculation": "when_required",
+            "response_checksum_validation": "when_required",
+        }
+    elif cfg.addressing_style != "auto":
+        options["s3"] = {"addressing_style": cfg.addressing_style}
+    return session.client("s3", endpoint_url=cfg.endpoint_url, config=Config(**options))
+
+
+def _explain(err: Exception, bucket: str, operation: str, where: str = "") -> Exception:
+    """An S3UploadError naming bucket, operation and (optionally) the dirmap line."""
+    place = f"{where}: " if where else ""
+    if isinstance(err, NoCredentialsError | PartialCredentialsError):
+        return S3CredentialsError(
+            f"{place}no usable AWS credentials for bucket {bucket!r} ({err}); {CREDENTIALS_HINT}"
+        )
+    if isinstance(err, ClientError):
+        code = err.response.get("Error", {}).get("Code", "")
+        message = err.response.get("Error", {}).get("Message", "")
+        if code in _BAD_CREDENTIALS:
+            return S3CredentialsError(
+                f"{place}{operation} on bucket {bucket!r}: credentials rejected ({code}); "
+                f"{CREDENTIALS_HINT}"
+            )
+        if code in _DENIED:
+            return S3AccessDenied(
+                f"{place}{operation} on bucket {bucket!r}: access denied ({code}); the "
+                f"credentials need permission s3:{operation} on this bucket"
+            )
+        if code == "AccessControlListNotSupported":
+            return S3UploadError(
+                f"{place}{operation} on bucket {bucket!r}: public_read needs object ACLs, but the "
+                "bucket has them disabled (Object Ownership = BucketOwnerEnforced); enable ACLs "
+                "or make the objects public with a bucket policy and public_read off"
+            )
+        return S3UploadError(f"{place}{operation} on bucket {bucket!r} failed: {code} {message}")
+    return S3UploadError(f"{place}{operation} on bucket {bucket!r} failed: {err!r}")
+
+
+def _retrying(call: Callable[[], bool], *, attempts: int, backoff: float, what: str) -> bool:
+    """`call()`, retried up to `attempts` times on connection errors, with jittered backoff."""
+    attempt = 0
+    while True:
+        try:
+            return call()
+        except _TRANSIENT as err:
+            if attempt == attempts:
+                raise
+            delay = backoff * 2**attempt * random.uniform(0.5, 1.0)
+            attempt += 1
+            log.warning("%s: %s; retrying in %.1fs (%d/%d)", what, err, delay, attempt, attempts)
+            time.sleep(delay)
+
+
+def _ensure_bucket(client, bucket: str, region: str, cfg: UploadConfig) -> None:
+    """Create `bucket` in `region` if missing; refuse one that lives in another region."""
+    try:
+        head = client.head_bucket(Bucket=bucket)
+    except ClientError as err:
+        status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if status == 301:
+            actual = err.response["ResponseMetadata"]["HTTPHeaders"].get("x-amz-bucket-region")
+            raise S3UploadError(
+                f"bucket {bucket!r} is in region {actual!r}, not {region!r}; set region: {actual}"
+            ) from err
+        if status == 403:
+            raise S3AccessDenied(
+                f"HeadBucket on bucket {bucket!r}: access denied; either another account owns a "
+                "bucket of that name (choose another) or the credentials lack s3:ListBucket on it"
+            ) from err
+        if status != 404:
+            raise _explain(err, bucket, "HeadBucket") from err
+    except BotoCoreError as err:
+        raise _explain(err, bucket, "HeadBucket") from err
+    else:
+        actual = head.get("BucketRegion") or head["ResponseMetadata"]["HTTPHeaders"].get(
+            "x-amz-bucket-region"
+        )
+        if actual and actual != region:
+            raise S3UploadError(
+                f"bucket {bucket!r} is in region {actual!r}, not {region!r}; set region: {actual}"
+            )
+        return
+    request: dict = {"Bucket": bucket}
+    if region != US_EAST_1:
+        # us-east-1 is the one region that rejects an explicit LocationConstraint.
+        request["CreateBucketConfiguration"] = {"LocationConstraint": region}
+    if cfg.public_read:
+        request["ObjectOwnership"] = "BucketOwnerPreferred"
+    try:
+        client.create_bucket(**request)
+        log.info("created bucket %s in %s", bucket, region)
+        if cfg.public_read:
+            # New buckets block public ACLs; public_read is an explicit request to allow them.
+            client.delete_public_access_block(Bucket=bucket)
+    except ClientError as err:
+        if err.response.get("Error", {}).get("Code") == "BucketAlreadyOwnedByYou":
+            return
+        if err.response.get("Error", {}).get("Code") == "BucketAlreadyExists":
+            raise S3UploadError(
+                f"bucket {bucket!r} already exists and belongs to another account; "
+                "bucket names are global, so choose another name (template or prefix)"
+            ) from err
+        raise _explain(err, bucket, "CreateBucket") from err
+
+
+def _remote_etags(client, bucket: str, prefix: str) -> dict[str, str]:
+    """ETag (quotes stripped) of every object under `prefix`, from one listing."""
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return {
+        obj["Key"]: obj["ETag"].strip('"') for page in pages for obj in page.get("Contents", [])
+    }
+
+
+def _put_if_changed(
+    client, bucket: str, key: str, path: Path, etag: str | None, extra: dict
+) -> bool:
+    """Upload one file unless the object already holds the same bytes; True if uploaded.
+
+    put_object sends a single part, whose ETag is the MD5 of the bytes, except under SSE-KMS;
+    the MD5 is therefore also stored as metadata and checked when the ETag differs.
+    """
+    data = path.read_bytes()
+    digest = hashlib.md5(data, usedforsecurity=False)
+    md5 = digest.hexdigest()
+    if etag is not None:
+        if etag == md5:
+            return False
+        stored = client.head_object(Bucket=bucket, Key=key).get("Metadata", {}).get("md5")
+        if stored == md5:
+            return False
+    client.put_object(
+        Bucket=bucket,
+        Key=key,
+        Body=data,
+        ContentMD5=base64.b64encode(digest.digest()).decode(),
+        ContentType=mimetypes.guess_type(key)[0] or "application/octet-stream",
+        Metadata={"md5": md5},
+        **extra,
+    )
+    return True
+
+
+# --- the upload ----------------------------------------------------------------------------------
+
+
+def _object_keys(df: pd.DataFrame, source: Path, prefix: str) -> pd.Series:
+    paths = df["im_path"].str.replace("\\", "/", regex=False)
+    bad = paths.map(
+        lambda p: PurePosixPath(p).is_absolute() or ".." in PurePosixPath(p).parts or ":" in p
+    ).astype(bool)
+    if bad.any():
+        raise dirmap.DirmapError(
+            f"{source}: 'im_path' must be relative and stay inside the image root "
+            f"(no '..', no drive) at line(s) {lines_of(df, bad)}"
+        )
+    return prefix + paths
+
+
+def upload_image_set(
+    dirmap_csv: str | os.PathLike,
+    image_root: str | os.PathLike,
+    cfg: UploadConfig,
+    out_csv: str | os.PathLike,
+    out_json: str | os.PathLike,
+    *,
+    session: boto3.Session | None = None,
+) -> UploadStats:
+    """Upload every image of a dirmap and write a new dirmap (CSV + JSON records) with `url`.
+
+    Images are read from `image_root/im_path`. Credentials come from the standard boto3 chain
+    (`session` overrides it, e.g. for tests). The bucket is created if missing. Objects that
+    already hold the same bytes are skipped, so a rerun after a failure sends only what is
+    missing; skipped objects keep their ACL and encryption, so changing `public_read` or `sse`
+    for a set already uploaded needs a new bucket or prefix. The outputs are written atomically
+    and only after every image is in place.
+    """
+    dirmap_csv, image_root = Path(dirmap_csv), Path(image_root)
+    for out in (out_csv, out_json):
+        if Path(out).resolve() == dirmap_csv.resolve():
+            raise ValueError(f"{out}: the output must not overwrite the input dirmap")
+    bucket, prefix = cfg.bucket_name, cfg.prefix
+    df = dirmap.read(dirmap_csv, check_files=False)
+    keys = _object_keys(df, dirmap_csv, prefix)
+    missing = dirmap.problems(df, image_root)
+    if missing:
+        raise dirmap.DirmapError(f"{dirmap_csv}: " + "; ".join(missing))
+
+    session = session or boto3.Session()
+    if session.get_credentials() is None:
+        raise S3CredentialsError(
+            f"no AWS credentials found for bucket {bucket!r}; {CREDENTIALS_HINT}"
+        )
+    region = cfg.region or session.region_name or US_EAST_1
+    client = _client(session, cfg, region)
+    _ensure_bucket(client, bucket, region, cfg)
+    try:
+        etags = _remote_etags(client, bucket, prefix)
+    except (ClientError, BotoCoreError) as err:
+        raise _explain(err, bucket, "ListBucket") from err
+
+    extra: dict = {}
+    if cfg.public_read:
+        extra["ACL"] = "public-read"
+    if cfg.sse:
+        extra["ServerSideEncryption"] = cfg.sse
+    if cfg.kms_key_id:
+        extra["SSEKMSKeyId"] = cfg.kms_key_id
+
+    def send(i: int) -> bool:
+        key, where = keys.iloc[i], f"{dirmap_csv}: line {i + 2} ({df['im_path'].iloc[i]})"
+        try:
+            return _retrying(
+                lambda: _put_if_changed(
+                    client, bucket, key, image_root / df["im_path"].iloc[i], etags.get(key), extra
+                ),
+                attempts=cfg.retries,
+                backoff=cfg.backoff_s,
+                what=where,
+            )
+        except OSError as err:
+            raise S3UploadError(f"{where}: cannot read the image: {err}") from err
+        except (ClientError, BotoCoreError) as err:
+            raise _explain(err, bucket, "PutObject", where) from err
+
+    log.info(
+        "uploading %d image(s) to bucket %s, prefix %r, endpoint %s",
+        len(df),
+        bucket,
+        prefix,
+        cfg.endpoint_url or "AWS",
+    )
+    uploaded = skipped = 0
+    pool = ThreadPoolExecutor(max_workers=cfg.max_workers)
+    try:
+        with tqdm(total=len(df), unit="img", desc=f"s3://{bucket}/{prefix}") as bar:
+            for future in as_completed([pool.submit(send, i) for i in range(len(df))]):
+                if future.result():
+                    uploaded += 1
+                else:
+                    skipped += 1
+                bar.update()
+    except BaseException:
+        log.error("upload stopped after %d upload(s); a rerun skips what was sent", uploaded)
+        raise
+    finally:
+        # On failure drop the queued uploads instead of sending them after the error.
+        pool.shutdown(wait=True, cancel_futures=True)
+
+    out = df.assign(
+        url=[
+            object_url(
+                bucket,
+                key,
+                region=region,
+                endpoint_url=cfg.endpoint_url,
+                addressing_style=cfg.addressing_style,
+            )
+            for key in keys
+        ]
+    )
+    write_csv(out, out_csv)
+    # Through pandas for NaN -> null and numpy scalars, re-dumped to keep '/' unescaped in URLs.
+    records = json.loads(out.to_json(orient="records"))
+    write_text(json.dumps(records, indent=1, ensure_ascii=False) + "\n", out_json)
+    log.info("bucket %s: %d uploaded, %d already present", bucket, uploaded, skipped)
+    return UploadStats(bucket=bucket, prefix=prefix, uploaded=uploaded, skipped=skipped)

@@ -1,0 +1,353 @@
+"""PGD core and multi-view augmentations: hand-computed cases, then a small trained model."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from sklearn.datasets import load_digits
+from torch import nn
+
+from lwise.attacks import (
+    l2_project,
+    l2_random_start,
+    l2_step,
+    linf_project,
+    linf_random_start,
+    linf_step,
+    objective_loss,
+    pgd,
+    steps_for_eps,
+)
+from lwise.augment import MultiView, cutout, resize, translation
+from lwise.models import build_model, prepare_fast
+
+# --- steps and projections ---------------------------------------------------------------------
+
+
+def test_l2_project_rescales_only_samples_outside_the_ball():
+    x0 = torch.zeros(2, 2)
+    x = torch.tensor([[3.0, 4.0], [0.3, 0.4]])
+    out = l2_project(x0 + x, x0, eps=1.0)
+    # (3, 4) has norm 5: scaled by 1/5 to (0.6, 0.8); (0.3, 0.4) is inside and kept.
+    assert torch.allclose(out, torch.tensor([[0.6, 0.8], [0.3, 0.4]]), atol=1e-6)
+
+
+def test_l2_project_clamps_to_unit_range():
+    x0 = torch.full((1, 3), 0.9)
+    out = l2_project(torch.tensor([[1.5, 0.9, -0.4]]), x0, eps=10.0)
+    assert torch.equal(out, torch.tensor([[1.0, 0.9, 0.0]]))
+
+
+def test_l2_step_moves_step_size_along_the_normalised_gradient():
+    x = torch.zeros(2, 1, 1, 2)
+    grad = torch.tensor([3.0, 4.0]).view(1, 1, 1, 2) * torch.tensor([1.0, 100.0]).view(2, 1, 1, 1)
+    out = l2_step(x, grad, step_size=0.5)
+    # Both samples move by 0.5 along (0.6, 0.8), whatever their gradient's scale.
+    assert torch.allclose(out, torch.tensor([0.3, 0.4]).expand(2, 1, 1, 2))
+
+
+def test_linf_step_and_projection():
+    x = torch.tensor([[0.5, 0.5, 0.5]])
+    stepped = linf_step(x, torch.tensor([[2.0, -0.1, 0.0]]), step_size=0.25)
+    assert torch.equal(stepped, torch.tensor([[0.75, 0.25, 0.5]]))
+    projected = linf_project(stepped, x, eps=0.1)
+    assert torch.allclose(projected, torch.tensor([[0.6, 0.4, 0.5]]))
+    assert torch.equal(
+        linf_project(torch.tensor([[1.3, -0.2]]), torch.tensor([[0.95, 0.05]]), 1),
+        torch.tensor([[1.0, 0.0]]),
+    )
+
+
+def test_random_starts_lie_in_the_ball_and_follow_the_generator():
+    x = torch.full((4, 3, 5, 5), 0.5)
+    l2 = l2_random_start(x, 0.5, torch.Generator().manual_seed(0))
+    norms = torch.linalg.vector_norm((l2 - x).flatten(1), dim=1)
+    assert torch.allclose(norms, torch.full((4,), 0.5), atol=1e-5)  # on the sphere
+    assert torch.equal(l2, l2_random_start(x, 0.5, torch.Generator().manual_seed(0)))
+    linf = linf_random_start(x, 0.1, torch.Generator().manual_seed(0))
+    assert (linf - x).abs().max() <= 0.1 + 1e-7
+    assert (linf - x).std() > 0.03  # spread over the box, not collapsed
+
+
+@pytest.mark.parametrize(
+    ("eps", "steps"), [(0.25, 1), (0.5, 1), (1, 2), (2, 4), (8, 16), (10, 20), (20, 40)]
+)
+def test_steps_for_eps_matches_the_lwise_scripts(eps, steps):
+    assert steps_for_eps(eps) == steps
+
+
+# --- objectives --------------------------------------------------------------------------------
+
+
+def test_objective_losses_by_hand():
+    logits = torch.tensor([[1.0, 2.0, 3.0, 4.0], [0.0, 5.0, 1.0, 1.0]])
+    y = torch.tensor([0, 1])
+    assert torch.equal(objective_loss(logits, y, "logit"), torch.tensor([-1.0, -5.0]))
+    ce = torch.tensor([-math.log(math.exp(1) / sum(math.exp(v) for v in (1, 2, 3, 4)))])
+    assert torch.allclose(objective_loss(logits, y, "cross_entropy")[:1], ce)
+    # Default competitors: every other class. Sample 0: -(1 - 3) = 2; sample 1: -(5 - 2/3).
+    diverge = objective_loss(logits, y, "logit_diverge")
+    assert torch.allclose(diverge, torch.tensor([2.0, -(5 - 2 / 3)]))
+    # A [C] mask that includes each sample's own class: y is left out automatically.
+    mask = torch.tensor([True, True, True, False])
+    assert torch.allclose(
+        objective_loss(logits, y, "logit_diverge", mask), torch.tensor([-(1 - 2.5), -(5 - 0.5)])
+    )
+    per_sample = torch.tensor([[False, True, False, False], [True, False, False, True]])
+    assert torch.allclose(
+        objective_loss(logits, y, "logit_diverge", per_sample), torch.tensor([1.0, -(5 - 0.5)])
+    )
+
+
+def test_objective_errors():
+    logits, y = torch.zeros(1, 3), torch.tensor([0])
+    with pytest.raises(ValueError, match="logit, logit_diverge, cross_entropy"):
+        objective_loss(logits, y, "margin")
+    with pytest.raises(ValueError, match="no competing class"):
+        objective_loss(logits, y, "logit_diverge", torch.tensor([True, False, False]))
+
+
+# --- PGD on hand-made models -------------------------------------------------------------------
+
+
+class MeanTarget(nn.Module):
+    """Ground-truth logit −(mean(x) − target)²; class 1's logit is 0."""
+
+    def __init__(self, target: float):
+        super().__init__()
+        self.target = target
+
+    def forward(self, x):
+        gt = -((x.mean(dim=(1, 2, 3)) - self.target) ** 2)
+        return torch.stack([gt, torch.zeros_like(gt)], dim=1)
+
+
+def _mean_target_pgd(x0, step_mean, steps, use_best):
+    # An L2 step of α along the all-ones direction raises every value by α/√n.
+    alpha = step_mean * math.sqrt(x0[0].numel())
+    return pgd(
+        MeanTarget(0.3).eval(),
+        x0,
+        torch.tensor([0]),
+        eps=100.0,
+        step_size=alpha,
+        steps=steps,
+        objective="logit",
+        use_best=use_best,
+    )
+
+
+def test_best_iterate_is_kept_when_later_steps_overshoot():
+    x0 = torch.zeros(1, 3, 2, 2)
+    # Means: x0 0, x1 0.25 (best, 0.05 from 0.3), x2 0.5 (0.2 from 0.3).
+    out = _mean_target_pgd(x0, 0.25, steps=2, use_best=True)
+    assert torch.allclose(out, torch.full_like(x0, 0.25))
+    last = _mean_target_pgd(x0, 0.25, steps=2, use_best=False)
+    assert torch.allclose(last, torch.full_like(x0, 0.5))
+
+
+def test_best_iterate_is_x0_when_nothing_improves():
+    x0 = torch.full((1, 3, 2, 2), 0.28)
+    # Every step overshoots to 0.48 or comes back to 0.28 (a tie, which keeps x0).
+    assert torch.equal(_mean_target_pgd(x0, 0.2, steps=3, use_best=True), x0)
+    assert not torch.allclose(_mean_target_pgd(x0, 0.2, steps=3, use_best=False), x0)
+
+
+@pytest.fixture
+def linear_model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 5)).eval()
+
+
+@pytest.mark.parametrize("constraint", ["2", "inf"])
+def test_enhance_lowers_and_attack_raises_the_loss(linear_model, constraint):
+    x = torch.rand(6, 3, 4, 4, generator=torch.Generator().manual_seed(1))
+    y = torch.arange(6) % 5
+    eps = 1.0 if constraint == "2" else 0.05
+    loss0 = objective_loss(linear_model(x), y, "cross_entropy")
+    for direction, compare in (("enhance", torch.lt), ("attack", torch.gt)):
+        adv = pgd(
+            linear_model,
+            x,
+            y,
+            eps=eps,
+            step_size=eps / 4,
+            steps=8,
+            constraint=constraint,
+            direction=direction,
+        )
+        assert compare(objective_loss(linear_model(adv), y, "cross_entropy"), loss0).all()
+        delta = (adv - x).flatten(1)
+        size = delta.norm(dim=1) if constraint == "2" else delta.abs().amax(dim=1)
+        assert (size <= eps + 1e-5).all() and adv.min() >= 0 and adv.max() <= 1
+
+
+def test_pgd_leaves_parameters_and_input_alone(linear_model):
+    x = torch.rand(2, 3, 4, 4, dtype=torch.float64)
+    before = x.clone()
+    adv = pgd(linear_model.double(), x, torch.tensor([0, 1]), eps=1, step_size=0.5, steps=3)
+    assert adv.dtype == torch.float64 and not adv.requires_grad
+    assert torch.equal(x, before) and not torch.equal(adv, x)
+    assert all(p.grad is None for p in linear_model.parameters())
+
+
+@pytest.mark.parametrize("context", [torch.no_grad, torch.inference_mode])
+def test_pgd_works_inside_gradient_free_contexts(linear_model, context):
+    with context():
+        x = torch.rand(2, 3, 4, 4)
+        adv = pgd(linear_model, x, torch.tensor([0, 1]), eps=1, step_size=0.5, steps=2)
+    assert not torch.equal(adv, x)
+
+
+def test_pgd_rejects_a_model_in_training_mode(linear_model):
+    with pytest.raises(ValueError, match="eval mode"):
+        pgd(
+            linear_model.train(),
+            torch.rand(1, 3, 4, 4),
+            torch.tensor([0]),
+            eps=1,
+            step_size=0.5,
+            steps=1,
+        )
+
+
+# --- multi-view augmentations ------------------------------------------------------------------
+
+
+def test_multiview_shapes_order_and_gradients():
+    x = torch.rand(3, 3, 16, 16, requires_grad=True)
+    views = MultiView(num_views=4, generator=torch.Generator().manual_seed(0))(x)
+    assert views.shape == (12, 3, 16, 16)
+    # View-major: rows k·B + i come from image i. A per-image weight shows up in its views.
+    weights = torch.tensor([1.0, 10.0, 100.0])
+    (grad,) = torch.autograd.grad((views.reshape(4, 3, -1).sum(dim=(0, 2)) * weights).sum(), x)
+    assert (grad[0].abs().max() < grad[1].abs().max() < grad[2].abs().max()).item()
+    assert grad.abs().sum() > 0
+
+
+def test_single_augmentations():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.ones(8, 3, 16, 16)
+    shifted = translation(x, gen)
+    assert shifted.shape == x.shape
+    # Whole-pixel shifts of at most 2 px (0.125·16): zeros only in border bands of width ≤ 2.
+    assert torch.equal(shifted[:, :, 2:-2, 2:-2], x[:, :, 2:-2, 2:-2])
+    assert (shifted.sum(dim=(1, 2, 3)) >= 3 * 14 * 14).all()
+    cut = cutout(x, gen)
+    zeros = (cut[:, 0] == 0).sum(dim=(1, 2))
+    assert (zeros <= 64).all() and (zeros > 0).all()  # one 8×8 square, maybe cut by the border
+    assert resize(x, gen).shape == x.shape
+    with pytest.raises(ValueError, match="unknown augmentation"):
+        MultiView(types=("blur",))
+
+
+# --- a small model trained on sklearn digits ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def digits_model():
+    """small_cnn trained for a few seconds on 8×8 digits upsampled to 32×32 RGB, and 200
+    held-out images with Gaussian noise (so that some are misclassified)."""
+    torch.manual_seed(0)
+    digits = load_digits()
+    images = torch.tensor(digits.images, dtype=torch.float32)[:, None] / 16
+    images = F.interpolate(images, size=32, mode="bilinear", align_corners=False)
+    images = images.repeat(1, 3, 1, 1).clamp(0, 1)
+    labels = torch.tensor(digits.target)
+    order = torch.randperm(len(labels))
+    images, labels = images[order], labels[order]
+    model = build_model("small_cnn", 10, [0.5] * 3, [0.5] * 3)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(8):
+        for i in range(0, 1400, 64):
+            loss = F.cross_entropy(model(images[i : i + 64]), labels[i : i + 64])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    model.eval().requires_grad_(False)
+    noise = 0.2 * torch.randn(images[1400:1600].shape, generator=torch.Generator().manual_seed(1))
+    held_out = (images[1400:1600] + noise).clamp(0, 1)
+    return model, held_out, labels[1400:1600]
+
+
+def _gt_logit_and_error(model, x, y):
+    with torch.no_grad():
+        logits = model(x)
+    return logits.gather(1, y[:, None]).mean().item(), (logits.argmax(1) != y).float().mean().item()
+
+
+def test_enhancement_helps_and_attack_hurts_a_trained_model(digits_model):
+    model, x, y = digits_model
+    logit0, error0 = _gt_logit_and_error(model, x, y)
+    assert error0 > 0.1  # the noisy held-out set leaves room to improve
+    kwargs = {"eps": 2.0, "step_size": 0.5, "steps": steps_for_eps(2.0), "objective": "logit"}
+    logit_e, error_e = _gt_logit_and_error(model, pgd(model, x, y, **kwargs), y)
+    logit_a, error_a = _gt_logit_and_error(model, pgd(model, x, y, direction="attack", **kwargs), y)
+    assert logit_e > logit0 + 2 and error_e < error0 / 4
+    assert logit_a < logit0 - 2 and error_a > 2 * error0
+
+
+@pytest.mark.parametrize("objective", ["logit", "logit_diverge", "cross_entropy"])
+def test_fast_mode_matches_reference_gain(digits_model, objective):
+    model, x, y = digits_model
+    fast_model = prepare_fast(model)
+    logit0, _ = _gt_logit_and_error(model, x, y)
+    kwargs = {"eps": 1.0, "step_size": 0.5, "steps": 2, "objective": objective}
+    gain_ref = _gt_logit_and_error(model, pgd(model, x, y, **kwargs), y)[0] - logit0
+    fast = pgd(fast_model, x, y, mode="fast", **kwargs)
+    gain_fast = _gt_logit_and_error(model, fast, y)[0] - logit0
+    assert gain_ref > 0.5
+    assert abs(gain_fast - gain_ref) <= 0.1 * gain_ref
+
+
+def test_restarts_keep_the_best_run_per_sample(digits_model):
+    model, x, y = digits_model
+    x, y = x[:32], y[:32]
+    kwargs = {
+        "eps": 0.05,
+        "step_size": 0.02,
+        "steps": 3,
+        "constraint": "inf",
+        "objective": "cross_entropy",
+        "direction": "attack",
+    }
+    # Run 0 starts at x; runs 1 and 2 draw their starts from the generator in turn.
+    gen = torch.Generator().manual_seed(0)
+    runs = [pgd(model, x, y, **kwargs)] + [
+        pgd(model, x, y, random_start=True, generator=gen, **kwargs) for _ in range(2)
+    ]
+    combined = pgd(model, x, y, restarts=2, generator=torch.Generator().manual_seed(0), **kwargs)
+    with torch.no_grad():
+        losses = torch.stack([objective_loss(model(r), y, "cross_entropy") for r in runs])
+    expected = torch.stack(runs)[losses.argmax(dim=0), torch.arange(len(y))]
+    assert torch.equal(combined, expected)
+    assert (losses.argmax(dim=0) > 0).any()  # some restart did win somewhere
+
+
+def test_multiview_enhancement_returns_the_last_iterate_and_helps(digits_model):
+    model, x, y = digits_model
+    x, y = x[:64], y[:64]
+    kwargs = {"eps": 2.0, "step_size": 0.5, "steps": 4, "objective": "logit"}
+    with_best = pgd(
+        model,
+        x,
+        y,
+        views=MultiView(2, generator=torch.Generator().manual_seed(0)),
+        use_best=True,
+        **kwargs,
+    )
+    without = pgd(
+        model,
+        x,
+        y,
+        views=MultiView(2, generator=torch.Generator().manual_seed(0)),
+        use_best=False,
+        **kwargs,
+    )
+    assert torch.equal(with_best, without)
+    # Averaging over shifted views makes the gain far smaller than single-view PGD's on this
+    # small non-robust model, but it is still a gain.
+    logit0, error0 = _gt_logit_and_error(model, x, y)
+    logit1, error1 = _gt_logit_and_error(model, with_best, y)
+    assert logit1 > logit0 + 0.4 and error1 < error0

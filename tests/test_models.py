@@ -1,0 +1,218 @@
+"""Model registry, normalisation, head replacement, BatchNorm folding and checkpoints."""
+
+import argparse
+import logging
+
+import pytest
+import timm
+import torch
+import torchvision
+from torch import nn
+
+from lwise.checkpoints import CheckpointError, load_model, save_checkpoint
+from lwise.models import (
+    Normalize,
+    SmallCNN,
+    build_model,
+    fold_batchnorm,
+    head_name,
+    prepare_fast,
+    replace_head,
+)
+
+MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+
+
+def test_normalize_clamps_then_standardises():
+    norm = Normalize([0.5, 0.25, 0.0], [0.5, 0.25, 2.0])
+    assert norm.mean.shape == norm.std.shape == (1, 3, 1, 1)
+    assert {name for name, _ in norm.named_buffers()} == {"mean", "std"}
+    x = torch.tensor([1.5, 0.5, -1.0]).view(1, 3, 1, 1)
+    # Clamped to (1, 0.5, 0) first.
+    assert torch.allclose(norm(x).flatten(), torch.tensor([1.0, 1.0, 0.0]))
+
+
+@pytest.mark.parametrize(
+    ("arch", "cls"),
+    [
+        ("resnet18", torchvision.models.ResNet),
+        ("tv:resnet18", torchvision.models.ResNet),
+        ("timm:resnet18", timm.models.ResNet),
+        ("vit_tiny_patch16_224", timm.models.VisionTransformer),
+        ("small_cnn", SmallCNN),
+    ],
+)
+def test_build_model_resolves_names(arch, cls):
+    model = build_model(arch, 7, MEAN, STD)
+    assert isinstance(model.net, cls)
+    assert model.arch == arch and model.num_classes == 7
+    assert model.net.get_submodule(head_name(model.net)).out_features == 7
+
+
+def test_build_model_errors():
+    with pytest.raises(ValueError, match="checkpoint"):
+        build_model("resnet18", 10, MEAN, STD, pretrained=True)
+    with pytest.raises(ValueError, match="unknown architecture"):
+        build_model("no_such_net", 10, MEAN, STD)
+    with pytest.raises(ValueError, match="prefix"):
+        build_model("hub:resnet18", 10, MEAN, STD)
+
+
+def test_small_cnn_is_small_and_takes_32px_digits():
+    model = build_model("small_cnn", 10, [0.5] * 3, [0.5] * 3).eval()
+    assert sum(p.numel() for p in model.parameters()) < 100_000
+    assert model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+
+
+@pytest.mark.parametrize(
+    ("arch", "size"),
+    [
+        ("small_cnn", 32),
+        ("resnet18", 32),
+        ("densenet121", 32),
+        ("convnext_tiny", 32),
+        ("timm:vit_tiny_patch16_224", 224),
+        ("timm:resnet18", 32),
+    ],
+)
+def test_replace_head(arch, size):
+    model = build_model(arch, 1000, MEAN, STD, class_names=[str(i) for i in range(1000)]).eval()
+    body_before = {k: v.clone() for k, v in model.state_dict().items() if "normalize" in k}
+    replace_head(model, 4)
+    assert model.num_classes == 4 and model.class_names is None
+    with torch.no_grad():
+        assert model(torch.rand(1, 3, size, size)).shape == (1, 4)
+    for key, value in body_before.items():  # the normaliser is kept
+        assert torch.equal(model.state_dict()[key], value)
+
+
+def _random_bn_stats(model: nn.Module, seed: int) -> nn.Module:
+    gen = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            n = module.num_features
+            module.running_mean.copy_(0.2 * torch.randn(n, generator=gen))
+            module.running_var.copy_(0.5 + torch.rand(n, generator=gen))
+            module.weight.data.copy_(0.5 + torch.rand(n, generator=gen))
+            module.bias.data.copy_(0.1 * torch.randn(n, generator=gen))
+    return model.eval()
+
+
+@pytest.mark.parametrize(("arch", "size"), [("resnet18", 64), ("small_cnn", 32)])
+def test_fold_batchnorm_keeps_logits(arch, size):
+    torch.manual_seed(0)
+    model = _random_bn_stats(build_model(arch, 10, MEAN, STD), seed=1)
+    folded = fold_batchnorm(model)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # the original is intact
+    x = torch.rand(4, 3, size, size)
+    with torch.no_grad():
+        reference, fused = model(x), folded(x)
+    assert reference.abs().max() > 0.1  # logits of a meaningful size
+    assert torch.allclose(fused, reference, atol=1e-4, rtol=1e-4)
+
+
+def test_prepare_fast_freezes_and_keeps_outputs():
+    torch.manual_seed(0)
+    model = _random_bn_stats(build_model("small_cnn", 10, [0.5] * 3, [0.5] * 3), seed=2)
+    fast = prepare_fast(model)
+    assert not fast.training
+    assert not any(p.requires_grad for p in fast.parameters())
+    assert all(p.requires_grad for p in model.parameters())  # the caller's model is untouched
+    conv_weight = next(m.weight for m in fast.modules() if isinstance(m, nn.Conv2d))
+    assert conv_weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(fast(x), model(x), atol=1e-4)
+
+
+# --- checkpoints -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_model():
+    torch.manual_seed(0)
+    return _random_bn_stats(build_model("small_cnn", 10, [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]), 3)
+
+
+def _logits(model, seed=0):
+    x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        return model(x)
+
+
+def test_robustness_checkpoint_loads_with_its_normalisation(tmp_path, small_model, caplog):
+    net_state = small_model.net.state_dict()
+    mean = small_model.normalize.mean.view(3, 1, 1)
+    std = small_model.normalize.std.view(3, 1, 1)
+    state = {"module.normalizer.new_mean": mean, "module.normalizer.new_std": std}
+    state |= {f"module.model.{k}": v for k, v in net_state.items()}
+    state |= {"module.attacker.normalize.new_mean": mean, "module.attacker.normalize.new_std": std}
+    state |= {f"module.attacker.model.{k}": v for k, v in net_state.items()}
+    optimizer = torch.optim.SGD(small_model.parameters(), lr=0.1, momentum=0.9)
+    path = tmp_path / "checkpoint.pt.best"
+    torch.save({"model": state, "optimizer": optimizer.state_dict(), "epoch": 5}, path)
+
+    with caplog.at_level(logging.INFO, logger="lwise"):
+        loaded = load_model(path, arch="small_cnn", num_classes=10, mean=MEAN, std=STD)
+    assert "checkpoint's normalisation" in caplog.text  # ImageNet values were overridden
+    assert not loaded.training
+    assert torch.equal(_logits(loaded), _logits(small_model))
+    with pytest.raises(CheckpointError, match="give arch and num_classes"):
+        load_model(path)
+
+
+@pytest.mark.parametrize("prefix", ["", "module."])
+def test_plain_state_dict(tmp_path, small_model, prefix):
+    path = tmp_path / "net.pt"
+    torch.save({f"{prefix}{k}": v for k, v in small_model.net.state_dict().items()}, path)
+    loaded = load_model(
+        path, arch="small_cnn", num_classes=10, mean=[0.5, 0.4, 0.3], std=[0.2, 0.25, 0.3]
+    )
+    assert torch.allclose(_logits(loaded), _logits(small_model))
+    with pytest.raises(CheckpointError, match="give mean and std"):
+        load_model(path, arch="small_cnn", num_classes=10)
+
+
+def test_own_format_round_trip(tmp_path, small_model):
+    small_model.class_names = [f"digit {i}" for i in range(10)]
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(
+        path, small_model, {"epoch": 3, "optimizer": {"lr": 0.1}}, training_args={"eps": 1.0}
+    )
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]  # no temporary left behind
+    loaded = load_model(path)
+    assert loaded.arch == "small_cnn" and loaded.class_names == small_model.class_names
+    assert torch.equal(_logits(loaded), _logits(small_model))
+    raw = torch.load(path, weights_only=True)
+    assert raw["epoch"] == 3 and raw["training_args"] == {"eps": 1.0}
+    with pytest.raises(ValueError, match="reserved"):
+        save_checkpoint(path, small_model, {"arch": "other"})
+
+
+def test_num_classes_mismatch_is_explained(tmp_path, small_model):
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(path, small_model)
+    with pytest.raises(CheckpointError, match="has 10 classes but num_classes=4.*replace_head"):
+        load_model(path, num_classes=4)
+    plain = tmp_path / "net.pt"
+    torch.save(small_model.net.state_dict(), plain)
+    with pytest.raises(CheckpointError, match="has 10 classes but num_classes=4"):
+        load_model(plain, arch="small_cnn", num_classes=4, mean=MEAN, std=STD)
+
+
+def test_full_pickle_needs_trust(tmp_path, small_model):
+    path = tmp_path / "pickled.pt"
+    # An argparse.Namespace, as training scripts often save, needs full unpickling.
+    torch.save({"model": small_model.net.state_dict(), "args": argparse.Namespace(eps=3)}, path)
+    with pytest.raises(CheckpointError, match="trusted=True"):
+        load_model(path, arch="small_cnn", num_classes=10, mean=MEAN, std=STD)
+    loaded = load_model(
+        path,
+        arch="small_cnn",
+        num_classes=10,
+        mean=[0.5, 0.4, 0.3],
+        std=[0.2, 0.25, 0.3],
+        trusted=True,
+    )
+    assert torch.allclose(_logits(loaded), _logits(small_model))

@@ -1,0 +1,293 @@
+"""lwise.s3 against a real local S3 server (moto_server on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+import boto3
+import pandas as pd
+import pytest
+from botocore.awsrequest import AWSResponse
+from botocore.exceptions import ConnectionError as BotoConnectionError
+from conftest import make_imagefolder
+from s3server import moto_s3_server
+
+from lwise.dirmap import DirmapError
+from lwise.s3 import (
+    S3AccessDenied,
+    S3CredentialsError,
+    S3UploadError,
+    UploadConfig,
+    bucket_name,
+    key_prefix,
+    object_url,
+    upload_image_set,
+)
+
+ALL_USERS = "http://acs.amazonaws.com/groups/global/AllUsers"
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint():
+    with moto_s3_server() as endpoint:
+        yield endpoint
+
+
+def make_set(root: Path) -> Path:
+    """10 tiny PNGs under root/images and root/dirmap.csv describing them."""
+    images = make_imagefolder(
+        root / "images", {"train": {"cat": 3, "dog": 3}, "val": {"cat": 2, "dog": 2}}
+    )
+    rows = [
+        {"split": p.parts[-3], "class": p.parts[-2], "class_num": int(p.parts[-2] == "dog"),
+         "im_path": p.relative_to(images).as_posix()}
+        for p in sorted(images.rglob("*.png"))
+    ]  # fmt: skip
+    pd.DataFrame(rows).to_csv(root / "dirmap.csv", index=False)
+    return root / "dirmap.csv"
+
+
+def config(endpoint: str, **overrides) -> UploadConfig:
+    fields = {"dataset": "Test_Set", "version": f"eps{0.5}", "run": uuid.uuid4().hex[:8]}
+    options = {
+        "bucket": "lwise-{dataset}-{version}-{run}",
+        "fields": fields,
+        "endpoint_url": endpoint,
+        "region": "eu-west-1",
+        "max_workers": 4,
+        "backoff_s": 0.01,
+    }
+    return UploadConfig(**(options | overrides))
+
+
+def client(endpoint: str, region: str = "eu-west-1"):
+    return boto3.client("s3", endpoint_url=endpoint, region_name=region)
+
+
+def upload(tmp_path: Path, cfg: UploadConfig, **kwargs):
+    dirmap_csv = tmp_path / "dirmap.csv"
+    if not dirmap_csv.exists():
+        make_set(tmp_path)
+    out_csv, out_json = tmp_path / "out" / "dirmap.csv", tmp_path / "out" / "dirmap.json"
+    stats = upload_image_set(dirmap_csv, tmp_path / "images", cfg, out_csv, out_json, **kwargs)
+    return stats, out_csv, out_json
+
+
+class _Body:
+    def __init__(self, data: bytes):
+        self.data = data
+
+    def stream(self, **_):
+        yield self.data
+
+
+def fake_error(request, status: int, code: str) -> AWSResponse:
+    xml = f"<Error><Code>{code}</Code><Message>injected</Message></Error>"
+    return AWSResponse(
+        request.url, status, {"Content-Type": "application/xml"}, _Body(xml.encode())
+    )
+
+
+def session_with_hook(event: str, hook) -> boto3.Session:
+    session = boto3.Session()
+    session.events.register(event, hook)
+    return session
+
+
+# --- names and URLs -----------------------------------------------------------------------------
+
+
+def test_bucket_name_sanitises_like_lwise():
+    assert (
+        bucket_name("{p}-{d}-{v}", p="morgan", d="ImageNet16", v="0.5") == "morgan-imagenet16-0dot5"
+    )
+    assert bucket_name("{d}-{o}", d="HAM10000", o="logit_diverge") == "ham10000-logit-diverge"
+    assert bucket_name("x_{v}", v="eps 2.25") == "x-eps-2dot25"
+
+
+@pytest.mark.parametrize(
+    ("template", "message"),
+    [("ab", "2 characters"), ("a" * 64, "64 characters"), ("{missing}-x", "no value for field"),
+     ("a..b", "contains '..'"), ("sthree-x", "reserves"), ("x_S3alias", "reserves")],
+)  # fmt: skip
+def test_bucket_name_rejects(template, message):
+    with pytest.raises(ValueError, match=message):
+        bucket_name(template)
+
+
+def test_key_prefix_and_urls():
+    assert key_prefix("/{v}\\natural/", v="eps0.5") == "eps0.5/natural/"
+    assert key_prefix("") == ""
+    key = "train/a cat/ü#1.png"
+    assert (
+        object_url("b", key, region="us-east-1")
+        == "https://b.s3.amazonaws.com/train/a%20cat/%C3%BC%231.png"
+    )
+    assert (
+        object_url("b", "k.png", region="eu-west-1") == "https://b.s3.eu-west-1.amazonaws.com/k.png"
+    )
+    assert object_url("b.x", "k", region="eu-west-1") == "https://s3.eu-west-1.amazonaws.com/b.x/k"
+    assert object_url("b", "k", region="x", endpoint_url="http://h:9/") == "http://h:9/b/k"
+    assert (
+        object_url("b", "k", region="x", endpoint_url="https://h", addressing_style="virtual")
+        == "https://b.h/k"
+    )
+
+
+def test_config_rejects_bad_options():
+    with pytest.raises(ValueError, match="addressing_style"):
+        UploadConfig(bucket="b", addressing_style="dns")
+    with pytest.raises(ValueError, match="kms_key_id needs"):
+        UploadConfig(bucket="b", kms_key_id="k")
+
+
+# --- uploads against the local server ----------------------------------------------------------
+
+
+def test_upload_roundtrip_and_rerun_skips(s3_endpoint, tmp_path):
+    cfg = config(s3_endpoint)
+    stats, out_csv, out_json = upload(tmp_path, cfg)
+    assert (stats.uploaded, stats.skipped) == (10, 0)
+    assert stats.bucket == cfg.bucket_name and "test-set-eps0dot5" in stats.bucket
+
+    src = pd.read_csv(tmp_path / "dirmap.csv")
+    out = pd.read_csv(out_csv)
+    assert "url" not in src.columns  # the input is left alone
+    assert out.drop(columns="url").equals(src)
+    records = json.loads(out_json.read_text())
+    assert [r["url"] for r in records] == out["url"].tolist()
+    s3 = client(s3_endpoint)
+    for row in out.itertuples():
+        local = (tmp_path / "images" / row.im_path).read_bytes()
+        assert row.url == f"{s3_endpoint}/{stats.bucket}/{row.im_path}"
+        obj = s3.get_object(Bucket=stats.bucket, Key=row.im_path)
+        assert obj["Body"].read() == local
+        assert obj["ContentType"] == "image/png"
+        with pytest.raises(urllib.error.HTTPError, match="403"):  # private: anonymous GET fails
+            urllib.request.urlopen(row.url)
+
+    again, _, _ = upload(tmp_path, cfg)
+    assert (again.uploaded, again.skipped) == (0, 10)
+
+    changed = tmp_path / "images" / out["im_path"][0]
+    changed.write_bytes(changed.read_bytes() + b"\0")
+    third, _, _ = upload(tmp_path, cfg)
+    assert (third.uploaded, third.skipped) == (1, 9)
+
+
+def test_bucket_created_in_region_and_private(s3_endpoint, tmp_path):
+    cfg = config(s3_endpoint, region="ap-southeast-2")
+    stats, out_csv, _ = upload(tmp_path, cfg)
+    s3 = client(s3_endpoint, "ap-southeast-2")
+    assert s3.get_bucket_location(Bucket=stats.bucket)["LocationConstraint"] == "ap-southeast-2"
+    key = pd.read_csv(out_csv)["im_path"][0]
+    grants = s3.get_object_acl(Bucket=stats.bucket, Key=key)["Grants"]
+    assert not [g for g in grants if g["Grantee"].get("URI") == ALL_USERS]
+
+
+def test_public_read_and_encryption_when_asked(s3_endpoint, tmp_path):
+    cfg = config(s3_endpoint, public_read=True, sse="AES256")
+    stats, out_csv, _ = upload(tmp_path, cfg)
+    s3 = client(s3_endpoint)
+    key = pd.read_csv(out_csv)["im_path"][0]
+    grants = s3.get_object_acl(Bucket=stats.bucket, Key=key)["Grants"]
+    assert {"READ"} == {g["Permission"] for g in grants if g["Grantee"].get("URI") == ALL_USERS}
+    with urllib.request.urlopen(pd.read_csv(out_csv)["url"][0]) as response:  # anonymous GET
+        assert response.read() == (tmp_path / "images" / key).read_bytes()
+    assert s3.head_object(Bucket=stats.bucket, Key=key)["ServerSideEncryption"] == "AES256"
+    assert upload(tmp_path, cfg)[0].skipped == 10
+
+
+def test_one_bucket_with_prefix_per_set(s3_endpoint, tmp_path):
+    cfg = config(s3_endpoint, bucket="lwise-shared-{run}", key_prefix="{dataset}/{version}")
+    stats, out_csv, _ = upload(tmp_path, cfg)
+    assert stats.prefix == "Test_Set/eps0.5/"
+    keys = {o["Key"] for o in client(s3_endpoint).list_objects_v2(Bucket=stats.bucket)["Contents"]}
+    expected = {stats.prefix + p for p in pd.read_csv(out_csv)["im_path"]}
+    assert keys == expected
+    assert all(
+        u.startswith(f"{s3_endpoint}/{stats.bucket}/Test_Set/eps0.5/")
+        for u in pd.read_csv(out_csv)["url"]
+    )
+
+
+def test_failure_midway_then_rerun_completes(s3_endpoint, tmp_path):
+    puts = []
+
+    def network_dies_after_four(request, **_):
+        puts.append(request.url)
+        if len(puts) > 4:
+            raise BotoConnectionError(error="injected: network down")
+
+    cfg = config(s3_endpoint, max_workers=1, retries=0)
+    session = session_with_hook("before-send.s3.PutObject", network_dies_after_four)
+    with pytest.raises(S3UploadError, match=r"dirmap\.csv: line \d+ .*PutObject"):
+        upload(tmp_path, cfg, session=session)
+    assert not (tmp_path / "out" / "dirmap.csv").exists()
+    assert not (tmp_path / "out" / "dirmap.json").exists()
+
+    stats, out_csv, _ = upload(tmp_path, cfg)
+    assert (stats.uploaded, stats.skipped) == (6, 4)
+    assert len(pd.read_csv(out_csv)) == 10
+
+
+def test_transient_errors_are_retried(s3_endpoint, tmp_path):
+    calls = []
+
+    def flaky(request, **_):
+        calls.append(request.url)
+        if len(calls) == 1:
+            return fake_error(request, 503, "SlowDown")
+        if len(calls) == 2:
+            raise BotoConnectionError(error="injected: connection reset")
+        return None
+
+    cfg = config(s3_endpoint, max_workers=1, retries=2)
+    stats, _, _ = upload(
+        tmp_path, cfg, session=session_with_hook("before-send.s3.PutObject", flaky)
+    )
+    assert (stats.uploaded, stats.skipped) == (10, 0)
+    assert len(calls) == 12
+
+
+@pytest.mark.parametrize("operation", ["HeadBucket", "PutObject"])
+def test_access_denied_names_bucket_and_operation(s3_endpoint, tmp_path, operation):
+    cfg = config(s3_endpoint)
+    session = session_with_hook(
+        f"before-send.s3.{operation}", lambda request, **_: fake_error(request, 403, "AccessDenied")
+    )
+    with pytest.raises(S3AccessDenied, match=rf"{operation} on bucket '{cfg.bucket_name}': access"):
+        upload(tmp_path, cfg, session=session)
+
+
+def test_missing_credentials(s3_endpoint, tmp_path, monkeypatch):
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    cfg = config(s3_endpoint)
+    with pytest.raises(S3CredentialsError) as err:
+        upload(tmp_path, cfg)
+    assert cfg.bucket_name in str(err.value)
+    assert "AWS_ACCESS_KEY_ID" in str(err.value) and "AWS_PROFILE" in str(err.value)
+
+
+def test_missing_image_names_the_dirmap_line(s3_endpoint, tmp_path):
+    dirmap_csv = make_set(tmp_path)
+    third = pd.read_csv(dirmap_csv)["im_path"][2]
+    (tmp_path / "images" / third).unlink()
+    with pytest.raises(DirmapError, match=r"dirmap\.csv: image file\(s\) missing at line\(s\) 4\b"):
+        upload(tmp_path, config(s3_endpoint))
+
+
+def test_refuses_to_overwrite_input(s3_endpoint, tmp_path):
+    dirmap_csv = make_set(tmp_path)
+    with pytest.raises(ValueError, match="must not overwrite the input"):
+        upload_image_set(
+            dirmap_csv, tmp_path / "images", config(s3_endpoint), dirmap_csv, tmp_path / "d.json"
+        )

@@ -1,0 +1,8 @@
+from pathlib import Path
+
+from lwise.enhance import contact_sheet
+from lwise.logs import script_logging
+
+with script_logging(snakemake.log[0]):
+    versions = {Path(p).name: p for p in snakemake.input}
+    contact_sheet(versions, snakemake.output[0], per_class=snakemake.params.per_class)

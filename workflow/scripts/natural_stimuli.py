@@ -1,0 +1,15 @@
+from lwise.enhance import write_natural
+from lwise.logs import script_logging
+from lwise.score import model_input_size
+
+with script_logging(snakemake.log[0]):
+    cfg = snakemake.params.enhance
+    write_natural(
+        snakemake.input.dirmap,
+        snakemake.output[0],
+        key_root=snakemake.input.images,
+        image_size=model_input_size(snakemake.input.model),
+        fmt=cfg["format"],
+        jpeg_quality=cfg["jpeg_quality"],
+        workers=snakemake.threads,
+    )

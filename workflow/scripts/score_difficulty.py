@@ -1,0 +1,17 @@
+from pathlib import Path
+
+from lwise.gpuslots import acquire_gpus, gpus_requested
+from lwise.logs import script_logging
+from lwise.score import score
+
+with script_logging(snakemake.log[0]), acquire_gpus(gpus_requested(snakemake.resources)):
+    score(
+        Path(snakemake.input.images) / "dirmap.csv",
+        snakemake.input.model,
+        snakemake.output.dirmap,
+        snakemake.output.accuracy,
+        snakemake.output.confusion,
+        workers=snakemake.threads,
+        trusted=snakemake.params.trusted,
+        **snakemake.params.scoring,
+    )
