@@ -115,6 +115,7 @@ def ordered(df: pd.DataFrame) -> pd.DataFrame:
 def write(df: pd.DataFrame, path: str | os.PathLike, *, check_files: bool = True) -> pd.DataFrame:
     """Validate (against files next to `path`), order and write a dirmap atomically."""
     df = ordered(df)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)  # `..` in im_path needs it to exist
     validate(df, path, check_files=check_files)
     write_csv(df, path)
     return df

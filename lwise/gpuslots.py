@@ -18,15 +18,20 @@ Where the device ids come from, first match wins:
 4. `nvidia-smi --query-gpu=index`, else `torch.cuda.device_count()`.
 
 With no device found the job runs on the CPU: nothing is locked and an empty list is yielded.
+A request made while a reservation is held (a script started under the wrapper below) sees the
+narrowed CUDA_VISIBLE_DEVICES and reuses the reservation instead of waiting for itself.
 
-Python use (e.g. at the top of a rule's script)::
+Python use (e.g. in a rule's script)::
 
-    with acquire_gpus(snakemake.resources.gpu) as ids:   # sets CUDA_VISIBLE_DEVICES
+    with acquire_gpus(gpus_requested(snakemake.resources)) as ids:  # sets CUDA_VISIBLE_DEVICES
         train(...)
 
 Command-line use (e.g. around `torchrun` in a `shell:` rule)::
 
     python -m lwise.gpuslots --gpus {resources.gpu} -- torchrun --nproc-per-node {resources.gpu} ...
+
+The wrapper replaces itself with the command (exec), which inherits the locks: the devices stay
+reserved until the command and any child still holding the lock files have exited.
 """
 
 from __future__ import annotations
@@ -310,17 +315,17 @@ def _parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
         usage="%(prog)s --gpus N [options] -- COMMAND [ARG ...]",
     )
     parser.add_argument("--gpus", type=int, required=True, help="number of GPUs to reserve")
-    parser.add_argument("--devices", help=f"comma-separated device ids (default: see ${DEVICES_ENV})")
+    parser.add_argument(
+        "--devices", help=f"comma-separated device ids (default: see ${DEVICES_ENV})"
+    )
     parser.add_argument("--lock-dir", help=f"lock folder (default: ${LOCK_DIR_ENV} or /tmp/...)")
     parser.add_argument("--timeout", type=float, help="give up after this many seconds (exit 75)")
     argv = list(argv)
-    if "--" not in argv:
-        parser.error("put the command after '--'")
-    split = argv.index("--")
-    args = parser.parse_args(argv[:split])
+    split = argv.index("--") if "--" in argv else len(argv)
+    args = parser.parse_args(argv[:split])  # before the check below, so that --help works
     command = argv[split + 1 :]
     if not command:
-        parser.error("no command given after '--'")
+        parser.error("give the command after '--'")
     if args.gpus < 0:
         parser.error("--gpus must be >= 0")
     return args, command

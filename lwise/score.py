@@ -79,6 +79,7 @@ def score(
     out_csv: str | os.PathLike,
     out_accuracy: str | os.PathLike,
     out_confusion: str | os.PathLike,
+    out_probabilities: str | os.PathLike | None = None,
     *,
     label_column: str = "auto",
     present_classes_only: bool = False,
@@ -127,6 +128,10 @@ def score(
         df["im_path"].map(lambda p: str(Path(dirmap_csv).parent / p)), Path(out_csv).parent
     )
     dirmap.write(out, out_csv)
+    if out_probabilities is not None:  # softmax over the considered classes, for VisAlign
+        names = [class_name(model, out, label, int(i)) for i in ids]
+        probs = pd.DataFrame(logp.exp().numpy(), columns=names)
+        write_csv(pd.concat([out[["im_path"]], probs], axis=1), out_probabilities)
     write_csv(accuracy_table(out, label), out_accuracy)
     plot_confusion(out, label, model, out_confusion)
     log.info("scored %d images with %s: accuracy %.4f", len(out), model_path, out["correct"].mean())
@@ -152,6 +157,19 @@ def accuracy_table(scored: pd.DataFrame, label: str) -> pd.DataFrame:
     return table.rename(columns={"mean": "accuracy", "size": "n", label: "label"})
 
 
+def class_name(model: ImageClassifier, scored: pd.DataFrame, label: str, class_id: int) -> str:
+    """The name of label id `class_id`: the model's own names for its class space, else the
+    dirmap's (orig_class for orig_class_num), else the id."""
+    if model.class_names and class_id < len(model.class_names):
+        return str(model.class_names[class_id])
+    name_col = "class" if label == "class_num" else "orig_class"
+    if name_col in scored.columns:
+        match = scored.loc[scored[label] == class_id, name_col]
+        if len(match):
+            return str(match.iloc[0])
+    return str(class_id)
+
+
 def plot_confusion(scored: pd.DataFrame, label: str, model: ImageClassifier, path) -> None:
     """Confusion matrix whose tick labels are the names of exactly the rows' and columns' ids."""
     import matplotlib
@@ -161,10 +179,7 @@ def plot_confusion(scored: pd.DataFrame, label: str, model: ImageClassifier, pat
     from sklearn.metrics import confusion_matrix
 
     ids = sorted(set(scored[label]) | set(scored["predicted_class_num"]))
-    names = dict(zip(scored[label], scored["class"], strict=False))
-    if label == "class_num" and model.class_names:
-        names |= dict(enumerate(model.class_names))
-    labels = [str(names.get(i, i)) for i in ids]
+    labels = [class_name(model, scored, label, int(i)) for i in ids]
     cm = confusion_matrix(scored[label], scored["predicted_class_num"], labels=ids)
     side = max(4, 0.35 * len(ids))
     fig, ax = plt.subplots(figsize=(side + 1, side))

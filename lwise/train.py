@@ -179,6 +179,16 @@ def _freeze(model: ImageClassifier, cfg: TrainConfig) -> None:
                 m.requires_grad_(False)
 
 
+def _hold_frozen_norms(model: nn.Module) -> None:
+    """Keep frozen BatchNorm layers in eval mode: their running statistics belong to the
+    frozen features (robustness's requires_grad-only freezing lets them drift)."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(
+            p.requires_grad for p in m.parameters()
+        ):
+            m.eval()
+
+
 def make_model(cfg: TrainConfig, class_names: list[str]) -> ImageClassifier:
     if cfg.init_checkpoint:
         model = load_model(
@@ -227,7 +237,9 @@ def _attack(
         constraint=cfg.constraint, objective="cross_entropy", direction="attack",
         mode="fast" if fast else "reference",
     )  # fmt: skip
-    model.train(was_training)
+    if was_training:
+        model.train()
+        _hold_frozen_norms(model)
     return adv
 
 
@@ -362,6 +374,7 @@ def train(
             drop_last=mixer is not None,
         )
         net.train()
+        _hold_frozen_norms(model)
         totals = [0.0, 0.0, 0.0]  # n, loss sum, correct
         for x, y, _ in tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not main):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)

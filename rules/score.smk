@@ -7,6 +7,7 @@ rule score_difficulty:
         dirmap="results/{dataset}/difficulty/dirmap.csv",
         accuracy="results/{dataset}/difficulty/accuracy.csv",
         confusion="results/{dataset}/difficulty/confusion_matrix.png",
+        probabilities="results/{dataset}/difficulty/probabilities.csv",
     log:
         "results/logs/{dataset}/score_difficulty.log",
     benchmark:

@@ -73,3 +73,53 @@ def imagefolder_dataset(url: str, root: str = ".", **source) -> dict:
 @pytest.fixture
 def repo() -> Path:
     return REPO
+
+
+SMALL_TRAIN = {
+    "arch": "small_cnn",
+    "image_size": 32,
+    "mean": [0.5, 0.5, 0.5],
+    "std": [0.25, 0.25, 0.25],
+    "epochs": 4,
+    "batch_size": 25,
+    "val_batch_size": 200,
+    "workers": 0,
+    "lr": 0.05,
+    "schedule": "cosine",
+    "warmup_epochs": 1,
+    "eps": 0.5,
+    "attack_steps": 2,
+    "attack_lr": 0.25,
+    "eval_every": 1,
+}
+
+
+@pytest.fixture(scope="session")
+def digits_folder(tmp_path_factory) -> Path:
+    """A class-balanced subset of the digits as an ImageFolder: 60 train, 20 val per class."""
+    from lwise.definers import define
+    from lwise.download import download_dataset
+    from lwise.imagefolder import BuildOptions, build
+
+    root = tmp_path_factory.mktemp("digits")
+    download_dataset([{"builtin": "digits"}], root / "raw", root / "dl")
+    define("imagefolder", root / "raw", root / "dirmap.csv", root="digits")
+    build(
+        root / "dirmap.csv",
+        root / "imagefolder",
+        BuildOptions(n_per_class={"train": 60, "val": 20}),
+    )
+    return root / "imagefolder"
+
+
+@pytest.fixture(scope="session")
+def digits_model(digits_folder, tmp_path_factory) -> Path:
+    """A small robust model trained here on the digits subset (a few seconds on the CPU)."""
+    from lwise.train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("guide")
+    train(
+        digits_folder / "dirmap.csv", out / "model.pt", out / "metrics.csv", out / "state",
+        TrainConfig.from_dict(SMALL_TRAIN),
+    )  # fmt: skip
+    return out / "model.pt"

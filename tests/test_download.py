@@ -117,4 +117,7 @@ def test_nested_archives_are_extracted_in_place(tmp_path):
         zf.writestr("images_part_1.zip", inner.getvalue())
         zf.writestr("metadata.csv", "a,b\n")
     download_dataset([{"url": str(outer), "nested": True}], tmp_path / "raw", tmp_path / "dl")
-    assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == ["ISIC_0000001.jpg", "metadata.csv"]
+    assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == [
+        "ISIC_0000001.jpg",
+        "metadata.csv",
+    ]

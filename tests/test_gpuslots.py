@@ -15,9 +15,10 @@ import time
 from pathlib import Path
 
 import pytest
+import yte
 
 from lwise import gpuslots
-from lwise.gpuslots import GpuSlotError, GpuSlotTimeout, acquire_gpus
+from lwise.gpuslots import GpuSlotError, GpuSlotTimeout, acquire_gpus, gpus_requested
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -159,11 +160,11 @@ def test_sigkill_releases_the_slots(holders):
 
 
 def test_exception_releases_and_restores_environment(fake_gpus):
-    with pytest.raises(ZeroDivisionError):
+    with pytest.raises(RuntimeError, match="job failed"):
         with acquire_gpus(3) as ids:
             assert sorted(ids) == ["a", "b", "c"]
             assert os.environ["CUDA_VISIBLE_DEVICES"] == ",".join(ids)
-            1 / 0
+            raise RuntimeError("job failed")
     assert "CUDA_VISIBLE_DEVICES" not in os.environ
     assert all_free(3)
 
@@ -257,6 +258,39 @@ def test_default_lock_dir_is_per_user_and_per_slurm_job(monkeypatch):
     assert gpuslots.default_lock_dir().name.endswith("-slurm42")
 
 
+@pytest.mark.parametrize(
+    ("resources", "expected"),
+    [
+        ({"gpu": 2}, 2),
+        ({"gpu": 0, "gres": "gpu:3"}, 3),
+        ({"gres": "gpu:a100:2"}, 2),
+        ({"gres": "gpu:a100"}, 1),
+        ({"gres": "gpu"}, 1),
+        ({"gres": "shard:4"}, 0),
+        ({}, 0),
+    ],
+)
+def test_gpus_requested_reads_gpu_or_gres(resources, expected):
+    assert gpus_requested(resources) == expected
+
+
+def test_gpus_requested_accepts_snakemake_resources():
+    # What `snakemake.resources` is inside a rule's script.
+    from snakemake.iocontainers import Namedlist
+
+    assert gpus_requested(Namedlist(fromdict={"gpu": 2, "mem_mb": 100})) == 2
+    assert gpus_requested(Namedlist(fromdict={"mem_mb": 100})) == 0
+
+
+@pytest.mark.parametrize(("devices", "limit"), [("0,1,2", 3), ("", 1)])
+def test_local_profile_allows_one_gpu_job_per_device(monkeypatch, devices, limit):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setenv("LWISE_GPU_DEVICES", devices)
+    with (REPO / "profiles" / "local" / "config.yaml").open() as stream:
+        profile = yte.process_yaml(stream, require_use_yte=True)
+    assert profile["resources"] == {"gpu": limit}
+
+
 # --- command-line wrapper ---------------------------------------------------------------
 
 
@@ -272,7 +306,9 @@ def run_cli(env, *args: str, **kwargs) -> subprocess.CompletedProcess:
 
 
 def test_cli_exports_devices_and_passes_exit_code(fake_gpus):
-    result = run_cli(fake_gpus, "--gpus", "2", "--", "sh", "-c", 'echo "$CUDA_VISIBLE_DEVICES"; exit 3')
+    result = run_cli(
+        fake_gpus, "--gpus", "2", "--", "sh", "-c", 'echo "$CUDA_VISIBLE_DEVICES"; exit 3'
+    )
     assert result.returncode == 3, result.stderr
     assert result.stdout.strip() == "a,b"
     assert all_free(3)

@@ -31,8 +31,6 @@ CLUSTER_OVERRIDES = [
     "--slurm-init-seconds-before-status-checks", "2",
 ]  # fmt: skip
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture(scope="session")
 def slurm_cluster():
@@ -101,6 +99,35 @@ rule gpu_job:
 """
 
 
+def load_profile(**env: str) -> dict:
+    """The slurm profile as Snakemake reads it, with the given LWISE_SLURM_* variables."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("LWISE_SLURM_PARTITION", "LWISE_SLURM_GPU_PARTITION", "LWISE_SLURM_ACCOUNT"):
+            patch.delenv(name, raising=False)
+        for name, value in env.items():
+            patch.setenv(name, value)
+        with (PROFILE / "config.yaml").open() as stream:
+            return yte.process_yaml(stream, require_use_yte=True)
+
+
+def test_profile_takes_site_settings_from_the_environment():
+    bare = load_profile()
+    assert bare["executor"] == "slurm"
+    assert "slurm_partition" not in bare["default-resources"]
+    assert "slurm_account" not in bare["default-resources"]
+    assert "gpu" not in bare["default-resources"]  # else every job would ask for a GPU
+    assert all("slurm_partition" not in r for r in bare["set-resources"].values())
+
+    site = load_profile(
+        LWISE_SLURM_PARTITION="cpu", LWISE_SLURM_ACCOUNT="proj1", LWISE_SLURM_GPU_PARTITION="gpu"
+    )
+    assert site["default-resources"]["slurm_partition"] == "cpu"
+    assert site["default-resources"]["slurm_account"] == "proj1"
+    assert site["set-resources"]["train_guide"]["slurm_partition"] == "gpu"
+    assert "slurm_partition" not in site["set-resources"]["download"]
+
+
+@pytest.mark.slow
 def test_profile_submits_cpu_and_gpu_jobs(slurm_cluster, tmp_path):
     (tmp_path / "Snakefile").write_text(SNAKEFILE.replace("{python}", sys.executable))
     # The partition comes in through the profile's $LWISE_SLURM_PARTITION.
@@ -134,6 +161,9 @@ def test_profile_submits_cpu_and_gpu_jobs(slurm_cluster, tmp_path):
     assert {cpu_job[0], gpu_job} <= set(listed)
 
 
+@pytest.mark.slow
+# Minutes of CPU work (training, enhancement) in jobs of 2 cores on this node, plus polling.
+@pytest.mark.timeout(2700)
 def test_workflow_runs_through_the_slurm_profile(slurm_cluster, tmp_path):
     """The real workflow, default config and target, with every rule job submitted to Slurm."""
     if not (REPO / "Snakefile").exists():
@@ -169,7 +199,7 @@ def test_workflow_runs_through_the_slurm_profile(slurm_cluster, tmp_path):
     )
     profiles = ["--profile", str(PROFILE), "--profile", str(override)]
     env = job_env()
-    result, output = snakemake([*profiles, *CLUSTER_OVERRIDES], cwd=work, env=env, timeout=1700)
+    result, output = snakemake([*profiles, *CLUSTER_OVERRIDES], cwd=work, env=env, timeout=2600)
     assert result.returncode == 0, output[-20000:]
 
     # Every non-local job went through sbatch: the plugin kept a Slurm log for its rule.
@@ -180,4 +210,3 @@ def test_workflow_runs_through_the_slurm_profile(slurm_cluster, tmp_path):
 
     again, again_output = snakemake([*profiles, *CLUSTER_OVERRIDES, "--dry-run"], work, env, 300)
     assert again.returncode == 0 and "Nothing to be done" in again_output, again_output
-

@@ -11,6 +11,7 @@ with script_logging(snakemake.log[0]), acquire_gpus(gpus_requested(snakemake.res
         snakemake.output.dirmap,
         snakemake.output.accuracy,
         snakemake.output.confusion,
+        snakemake.output.probabilities,
         workers=snakemake.threads,
         trusted=snakemake.params.trusted,
         **snakemake.params.scoring,

@@ -1,0 +1,97 @@
+import pandas as pd
+import pytest
+from PIL import Image
+
+from lwise import dirmap
+from lwise.enhance import contact_sheet, enhance, write_natural
+from lwise.imagefolder import BuildOptions, build
+
+
+@pytest.fixture(scope="module")
+def held_out(digits_folder, tmp_path_factory):
+    """Validation images only: the model never trained on them."""
+    root = tmp_path_factory.mktemp("heldout")
+    df = dirmap.read(digits_folder / "dirmap.csv")
+    val = df[df["split"] == "val"].copy()
+    val["im_path"] = val["im_path"].map(lambda p: str(digits_folder / p))
+    val["im_path"] = dirmap.relative_to(val["im_path"], root)
+    dirmap.write(val.drop(columns=["orig_im_path"]), root / "recipe.csv")
+    build(root / "recipe.csv", root / "imagefolder", BuildOptions())
+    return root / "imagefolder"
+
+
+def _run(folder, model, out, **kw):
+    return enhance(folder / "dirmap.csv", model, out, key_root=folder, workers=0, **kw)
+
+
+def test_enhancement_raises_gt_logit_and_attack_lowers_it(held_out, digits_model, tmp_path):
+    nat = write_natural(
+        held_out / "dirmap.csv", tmp_path / "natural", key_root=held_out, image_size=32, workers=0
+    )
+    up = _run(held_out, digits_model, tmp_path / "up", eps=2.0)
+    down = _run(held_out, digits_model, tmp_path / "down", eps=2.0, direction="attack")
+    assert up["logit_gain"].mean() > 0.5 and down["logit_gain"].mean() < -0.5
+    # Every version keeps the same relative key, and every key is a file in every version.
+    assert list(up["im_path"]) == list(nat["im_path"]) == list(down["im_path"])
+    for folder in ("natural", "up", "down"):
+        assert all((tmp_path / folder / k).is_file() for k in up["im_path"])
+    # The achieved 8-bit L2 distance stays within the budget (up to quantisation).
+    assert up["l2_distance"].max() <= 2.0 + 0.5 and up["l2_distance"].mean() > 1.0
+    with Image.open(tmp_path / "up" / up["im_path"].iloc[0]) as im:
+        assert im.size == (32, 32) and im.mode == "RGB" and im.format == "PNG"
+    steps = dirmap.read(tmp_path / "up/dirmap.csv")
+    assert {"eps", "objective", "logit_gain", "gt_logit_natural"} <= set(steps.columns)
+
+
+def test_enhancement_lowers_error_rate_of_held_out_images(held_out, digits_model, tmp_path):
+    from lwise.score import score
+
+    rates = {}
+    for name, kw in (("natural", None), ("enhanced", {}), ("attacked", {"direction": "attack"})):
+        folder = held_out
+        if kw is not None:
+            _run(held_out, digits_model, tmp_path / name, eps=1.5, **kw)
+            folder = tmp_path / name
+        scored = score(
+            folder / "dirmap.csv", digits_model, tmp_path / f"{name}.csv", tmp_path / f"{name}_acc.csv",
+            tmp_path / f"{name}.png", workers=0,
+        )  # fmt: skip
+        rates[name] = 1 - scored["correct"].mean()
+    assert rates["enhanced"] < rates["natural"] < rates["attacked"]
+
+
+def test_logit_diverge_against_named_classes(held_out, digits_model, tmp_path):
+    out = _run(
+        held_out,
+        digits_model,
+        tmp_path / "div",
+        eps=1.0,
+        objective="logit_diverge",
+        diverge_from=["3", "5"],
+    )
+    assert not set(out["class"]) & {"3", "5"}  # the reference drops the named classes' rows
+    with pytest.raises(ValueError, match=r"diverge_from class\(es\) \['cow'\]"):
+        _run(
+            held_out,
+            digits_model,
+            tmp_path / "bad",
+            eps=1.0,
+            objective="logit_diverge",
+            diverge_from=["cow"],
+        )
+    assert not (tmp_path / "bad").exists()
+
+
+def test_contact_sheet(held_out, digits_model, tmp_path):
+    write_natural(
+        held_out / "dirmap.csv", tmp_path / "natural", key_root=held_out, image_size=32, workers=0
+    )
+    _run(held_out, digits_model, tmp_path / "logit_eps1", eps=1.0)
+    contact_sheet(
+        {"natural": tmp_path / "natural", "logit_eps1": tmp_path / "logit_eps1"},
+        tmp_path / "sheet.png",
+        per_class=1,
+    )
+    with Image.open(tmp_path / "sheet.png") as im:
+        assert im.size[1] > im.size[0]  # 10 rows (one per class), 2 columns
+    assert pd.read_csv(tmp_path / "natural/dirmap.csv")["im_path"].is_unique

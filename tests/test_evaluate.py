@@ -1,0 +1,377 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from lwise import dirmap, evaluate, humans
+
+CLASSES = ["ant", "bee", "cow"]
+N_VAL, N_TRAIN = 10, 2  # per class
+SETS = ["natural", "logit_eps1", "logit_eps2"]
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def make_dataset(root: Path, seed: int = 0) -> dict[str, Path]:
+    """A scored dataset laid out like results/<ds>/: imagefolder (JPEG), difficulty/ (scored
+    dirmap, probabilities, a vanilla model's dirmap) and stimuli/ (natural PNGs + two sets)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for class_num, cls in enumerate(CLASSES):
+        for i in range(N_VAL + N_TRAIN):
+            split = "val" if i < N_VAL else "train"
+            stem = f"{split}/{cls}/{cls}_{i:02d}"
+            # Dark squares of varied size and ink on white paper: the image statistics vary.
+            arr = np.full((24, 24), 255, np.uint8)
+            side = 3 + (i * 7 + class_num * 3) % 15
+            arr[4 : 4 + side, 4 : 4 + side] = 40 + (i * 37) % 150
+            for folder, ext, fmt in (
+                ("imagefolder", ".jpg", "JPEG"),
+                ("stimuli/natural", ".png", None),
+            ):
+                path = root / folder / f"{stem}{ext}"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(arr).convert("RGB").save(path, format=fmt)
+            rows.append({"split": split, "class": cls, "class_num": class_num, "stem": stem})
+    df = pd.DataFrame(rows)
+    n = len(df)
+    logits = rng.normal(0, 2, (n, len(CLASSES)))
+    logits[np.arange(n), df["class_num"]] += 2.0
+    probs = softmax(logits)
+    df["robust_gt_logit"] = logits[np.arange(n), df["class_num"]]
+    df["predicted_class_num"] = probs.argmax(axis=1)
+    df["correct"] = df["predicted_class_num"] == df["class_num"]
+    df["entropy"] = -(probs * np.log(probs)).sum(axis=1)
+    df["cross_entropy"] = -np.log(probs[np.arange(n), df["class_num"]])
+    gt = df["robust_gt_logit"]
+    df["difficulty"] = 1 - (gt - gt.min()) / (gt.max() - gt.min())
+    scored = df.drop(columns="stem").assign(im_path="../imagefolder/" + df["stem"] + ".jpg")
+    natural = df.drop(columns="stem").assign(im_path=df["stem"] + ".png")
+
+    paths = {"root": root, "key_root": root / "imagefolder"}
+    paths["scored"] = root / "difficulty" / "dirmap.csv"
+    dirmap.write(scored, paths["scored"])
+    paths["natural"] = root / "stimuli" / "natural" / "dirmap.csv"
+    dirmap.write(natural, paths["natural"])
+    for eps in (1, 2):
+        gain = eps * (1 + 0.1 * rng.random(n))
+        enhanced = natural.assign(
+            eps=float(eps), objective="logit", direction="enhance",
+            l2_distance=eps * (0.95 + 0.05 * rng.random(n)),
+            gt_logit_natural=gt, gt_logit_enhanced=gt + gain, logit_gain=gain,
+        )  # fmt: skip
+        paths[f"logit_eps{eps}"] = root / "stimuli" / f"logit_eps{eps}" / "dirmap.csv"
+        dirmap.write(enhanced, paths[f"logit_eps{eps}"], check_files=False)
+    table = pd.DataFrame(probs, columns=CLASSES)
+    table.insert(0, "im_path", scored["im_path"])
+    paths["probabilities"] = root / "difficulty" / "probabilities.csv"
+    table.round(7).to_csv(paths["probabilities"], index=False)
+    vanilla = scored.assign(
+        im_path="../imagefolder/" + df["stem"] + ".jpg",
+        vanilla_gt_logit=gt + rng.normal(0, 3, n),
+    ).drop(columns="robust_gt_logit")
+    paths["vanilla"] = root / "difficulty_vanilla" / "dirmap.csv"
+    paths["vanilla"].parent.mkdir()
+    vanilla.to_csv(paths["vanilla"], index=False)
+    return paths
+
+
+@pytest.fixture
+def data(tmp_path) -> dict[str, Path]:
+    return make_dataset(tmp_path)
+
+
+def set_dirmaps(data) -> dict[str, Path]:
+    return {name: data[name] for name in SETS if name != "natural"}
+
+
+def simulate(data, out: Path, **kwargs) -> pd.DataFrame:
+    options = dict(n_participants=60, boost_per_eps=1.5, seed=3) | kwargs
+    return evaluate.simulate_trials(data["natural"], SETS, out, **options)
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+def test_set_epsilon():
+    assert evaluate.set_epsilon("natural") == 0
+    assert evaluate.set_epsilon("logit_eps2") == 2
+    assert evaluate.set_epsilon("logit_eps0.5") == 0.5
+    assert evaluate.set_epsilon("cross_entropy_eps10") == 10
+    with pytest.raises(ValueError, match="'clahe_2': cannot read an epsilon"):
+        evaluate.set_epsilon("clahe_2")
+
+
+def test_image_key(tmp_path):
+    csv = tmp_path / "difficulty" / "dirmap.csv"
+    key = evaluate.image_key(csv, "../imagefolder/val/3/d.png", tmp_path / "imagefolder")
+    assert key == "val/3/d.png"
+    assert evaluate.image_key(csv, "val/3/d.png") == "val/3/d.png"
+
+
+def test_image_statistics(tmp_path):
+    blank, square = tmp_path / "blank.png", tmp_path / "square.png"
+    Image.new("RGB", (32, 32), "white").save(blank)
+    arr = np.full((32, 32), 255, np.uint8)
+    arr[8:24, 8:24] = 0  # a quarter of the image is ink
+    Image.fromarray(arr).save(square)
+    table = evaluate.image_statistics([blank, square])
+    assert table.loc[0].tolist() == [0.0, 0.0, 0.0]
+    assert table.loc[1, "ink_fraction"] == pytest.approx(0.25, abs=0.03)
+    assert table.loc[1, "rms_contrast"] > 0.3 and table.loc[1, "edge_energy"] > 0
+
+
+# --- simulation ----------------------------------------------------------------------------------
+
+
+def test_simulate_trials_marks_synthetic_and_ignores_the_model(data, tmp_path):
+    out = tmp_path / "trials.csv"
+    trials = simulate(data, out)
+    read = humans.read_trials(out, classes=CLASSES)
+    assert read["synthetic"].all() and len(read) == 60 * 3 * N_VAL
+    assert set(read["image"]) == set(
+        f"val/{c}/{c}_{i:02d}.png" for c in CLASSES for i in range(N_VAL)
+    )
+    assert set(read["condition"]) == set(SETS)
+    assert {"p_correct", "latent_difficulty"} <= set(read.columns)
+    assert not list(tmp_path.glob(".trials.csv.tmp-*"))
+
+    # Accuracy grows with epsilon: boost 0, 1.5, 3 logits.
+    acc = trials.groupby("condition")["correct"].mean()
+    assert acc["natural"] + 0.05 < acc["logit_eps1"] < acc["logit_eps2"] - 0.03
+
+    # The guide model's scores play no part: shuffling them leaves the trials unchanged.
+    shuffled = dirmap.read(data["natural"])
+    for column in ("robust_gt_logit", "difficulty", "correct"):
+        shuffled[column] = shuffled[column].sample(frac=1, random_state=1).to_numpy()
+    dirmap.write(shuffled, data["natural"])
+    again = simulate(data, tmp_path / "again.csv")
+    pd.testing.assert_frame_equal(trials, again)
+
+
+def test_simulate_trials_rejects_unknown_split_and_set_names(data, tmp_path):
+    with pytest.raises(
+        ValueError, match=r"no images in split 'test'; splits present: \['train', 'val'\]"
+    ):
+        simulate(data, tmp_path / "t.csv", split="test")
+    with pytest.raises(ValueError, match="'clahe': cannot read an epsilon"):
+        evaluate.simulate_trials(data["natural"], ["natural", "clahe"], tmp_path / "t.csv")
+    assert not (tmp_path / "t.csv").exists()
+
+
+# --- the whole analysis ---------------------------------------------------------------------------
+
+
+def test_evaluate_alignment_on_simulated_observers(data, tmp_path):
+    trials_csv = tmp_path / "trials.csv"
+    simulate(data, trials_csv)
+    out = tmp_path / "alignment"
+    tables = evaluate.evaluate_alignment(
+        data["natural"], set_dirmaps(data), trials_csv, out,
+        key_root=data["key_root"], vanilla_dirmap_csv=data["vanilla"],
+        probabilities_csv=data["probabilities"], folds=5, n_boot=100,
+    )  # fmt: skip
+    expected = {
+        "difficulty_prediction.csv", "enhancement_effect.csv", "consistency.csv", "visalign.csv",
+        "visalign_images.csv", "summary.csv", "difficulty_curve.png", "enhancement_effect.png",
+        "consistency.png",
+    }  # fmt: skip
+    assert {p.name for p in out.iterdir()} == expected
+    for name in expected - {p for p in expected if p.endswith(".png")}:
+        table = pd.read_csv(out / name)
+        assert table["synthetic"].all(), name
+        pd.testing.assert_frame_equal(table, pd.read_csv(out / name))
+    for name in ("difficulty_curve", "enhancement_effect", "consistency"):
+        with Image.open(out / f"{name}.png") as img:
+            assert img.format == "PNG"
+
+    diff = pd.read_csv(out / "difficulty_prediction.csv")
+    assert diff["model"].tolist() == ["robust", "vanilla", "robust_minus_vanilla"]
+    assert diff["logit_column"].tolist()[:2] == ["robust_gt_logit", "vanilla_gt_logit"]
+    assert diff["n_trials"].iloc[0] + diff["n_outliers"].iloc[0] == 60 * N_VAL * 3 / 3
+    for column in ("auc", "cv_auc", "ci_low", "ci_high"):
+        assert diff[column].iloc[:2].between(0, 1).all()
+    assert (diff["ci_low"] <= diff["cv_auc"]).all() and (diff["cv_auc"] <= diff["ci_high"]).all()
+    robust, vanilla, delta = diff.itertuples()
+    assert delta.cv_auc == pytest.approx(robust.cv_auc - vanilla.cv_auc)
+
+    effect = pd.read_csv(out / "enhancement_effect.csv")
+    assert effect["condition"].tolist() == SETS  # ordered by epsilon
+    assert effect["eps"].tolist() == [0, 1, 2]
+    assert effect["accuracy"].is_monotonic_increasing
+    assert (effect["ci_low"] < effect["accuracy"]).all()
+    assert effect["mean_l2_distance"].iloc[0] == 0
+    assert effect["mean_l2_distance"].iloc[1:].tolist() == pytest.approx([1, 2], rel=0.06)
+    assert effect["chi2_p_vs_natural"].iloc[2] < 0.01
+
+    agree = pd.read_csv(out / "consistency.csv")
+    assert (agree["level"] == "participant").sum() == 60
+    assert set(agree["condition"]) == {"natural"}
+    assert agree["error_consistency"].between(-1, 1).all()
+    mean = agree[agree["level"] == "mean_over_participants"].iloc[0]
+    assert mean["error_consistency_ci_low"] <= mean["error_consistency"]
+
+    va = pd.read_csv(out / "visalign.csv")
+    assert va["level"].tolist() == ["all", "class", "class", "class", "split"]
+    assert va["mean_hellinger"].between(0, 1).all()
+    assert {"reliability_c0", "reliability_c1", "reliability_c5", "reliability_c10"} <= set(va)
+    # Larger costs can only lower the reliability.
+    assert (va["reliability_c0"] >= va["reliability_c10"]).all()
+    images = pd.read_csv(out / "visalign_images.csv")
+    assert len(images) == N_VAL * len(CLASSES) and images["hellinger"].between(0, 1).all()
+
+    summary = pd.read_csv(out / "summary.csv")
+    assert list(summary.columns) == evaluate.SUMMARY_COLUMNS
+    assert summary["synthetic"].all()
+    metrics = set(summary["metric"])
+    assert {"difficulty_cv_auc", "cv_auc_difference", "human_accuracy", "error_consistency",
+            "visalign_hellinger", "reliability_c1"} <= metrics  # fmt: skip
+    assert set(tables) == {p.removesuffix(".csv") for p in expected if p.endswith(".csv")}
+
+
+def deterministic_trials(data, path: Path) -> pd.DataFrame:
+    """Four participants who answer every natural image right exactly when its logit is high."""
+    natural = dirmap.read(data["natural"])
+    val = natural[natural["split"] == "val"]
+    high = val["robust_gt_logit"] > val["robust_gt_logit"].median()
+    rows = []
+    for p in range(4):
+        for (_, img), good in zip(val.iterrows(), high, strict=True):
+            wrong = CLASSES[(CLASSES.index(img["class"]) + 1) % len(CLASSES)]
+            for condition in ("natural", "logit_eps2"):
+                rows.append(
+                    {
+                        "participant": f"p{p}", "image": img["im_path"], "condition": condition,
+                        "class": img["class"], "response": img["class"] if good else wrong,
+                        "correct": bool(good),
+                    }
+                )  # fmt: skip
+    return humans.write_trials(pd.DataFrame(rows), path)
+
+
+def test_deterministic_correctness_gives_perfect_prediction(data, tmp_path):
+    # The model is right exactly on the high-logit images too: perfectly consistent with humans.
+    natural = dirmap.read(data["natural"])
+    natural["correct"] = (
+        natural["robust_gt_logit"]
+        > natural.loc[natural["split"] == "val", "robust_gt_logit"].median()
+    )
+    dirmap.write(natural, data["natural"])
+    trials_csv = tmp_path / "trials.csv"
+    deterministic_trials(data, trials_csv)
+    out = tmp_path / "alignment"
+    tables = evaluate.evaluate_alignment(
+        data["natural"], {"logit_eps2": data["logit_eps2"]}, trials_csv, out,
+        folds=5, n_boot=50, outliers_sd=None,
+    )  # fmt: skip
+    row = tables["difficulty_prediction"].iloc[0]
+    assert row["n_trials"] == 4 * N_VAL * len(CLASSES)
+    assert row["cv_auc"] == pytest.approx(1) and row["auc"] == pytest.approx(1)
+    assert row["spearman_rho"] > 0.8
+    pooled = tables["consistency"].set_index("level").loc["pooled"]
+    assert pooled["observed_consistency"] == 1 and pooled["error_consistency"] == 1
+    assert pooled["accuracy_difference"] == pytest.approx(0, abs=0.01)
+    # Real data: nothing says synthetic, and no VisAlign without model probabilities.
+    assert not (out / "visalign.csv").exists()
+    summary = pd.read_csv(out / "summary.csv")
+    assert not summary["synthetic"].any()
+
+
+# --- errors ------------------------------------------------------------------------------------
+
+
+def run(data, trials_csv, out, **kwargs):
+    return evaluate.evaluate_alignment(
+        data["natural"], set_dirmaps(data), trials_csv, out, folds=5, n_boot=20, **kwargs
+    )
+
+
+def test_bad_trials_csv_gives_the_validator_error(data, tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("participant,image,response,correct\np1,val/ant/ant_00.png,ant,1\n")
+    with pytest.raises(humans.HumanDataError, match=r"bad\.csv: .*missing required column"):
+        run(data, bad, tmp_path / "out")
+    bad.write_text(
+        "participant,image,condition,response,correct\np1,val/ant/ant_00.png,natural,hippo,0\n"
+    )
+    with pytest.raises(humans.HumanDataError, match=r"column 'response'.*\['hippo'\]"):
+        run(data, bad, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_trials_must_match_the_stimulus_sets(data, tmp_path):
+    trials_csv = tmp_path / "trials.csv"
+    trials = deterministic_trials(data, trials_csv)
+    bad = tmp_path / "bad.csv"
+    humans.write_trials(trials.assign(condition="logit_eps9"), bad)
+    with pytest.raises(evaluate.AlignmentDataError, match=r"bad\.csv: column 'condition'"):
+        run(data, bad, tmp_path / "out")
+    humans.write_trials(trials.assign(image="val/ant/nope.png"), bad)
+    with pytest.raises(
+        evaluate.AlignmentDataError, match=r"\['val/ant/nope\.png'\] not in stimulus set"
+    ):
+        run(data, bad, tmp_path / "out")
+    humans.write_trials(trials[trials["condition"] != "natural"], bad)
+    with pytest.raises(evaluate.AlignmentDataError, match="no trials in condition 'natural'"):
+        run(data, bad, tmp_path / "out")
+    # Synthetic trials cannot be passed off as human data.
+    humans.write_trials(trials.assign(synthetic=True), bad)
+    with pytest.raises(evaluate.AlignmentDataError, match="marked synthetic"):
+        run(data, bad, tmp_path / "out", synthetic=False)
+
+
+def test_probabilities_must_cover_classes_and_images(data, tmp_path):
+    trials_csv = tmp_path / "trials.csv"
+    deterministic_trials(data, trials_csv)
+    probs = pd.read_csv(data["probabilities"])
+    bad = tmp_path / "difficulty" / "bad.csv"
+    probs.drop(columns="cow").to_csv(bad, index=False)
+    with pytest.raises(evaluate.AlignmentDataError, match=r"missing class column\(s\) \['cow'\]"):
+        run(data, trials_csv, tmp_path / "out", probabilities_csv=bad, key_root=data["key_root"])
+    probs.iloc[1:].to_csv(bad, index=False)
+    with pytest.raises(evaluate.AlignmentDataError, match="no row for 1 natural image"):
+        run(data, trials_csv, tmp_path / "out", probabilities_csv=bad, key_root=data["key_root"])
+
+
+# --- pure pieces --------------------------------------------------------------------------------
+
+
+def test_visalign_zero_distance_and_reliability():
+    probs = pd.DataFrame([[0.9, 0.1], [0.5, 0.5]], columns=["x", "y"], index=["i1", "i2"])
+    # Model outputs q = [p * max p, 1 - max p]: (0.81, 0.09, 0.1) and (0.25, 0.25, 0.5).
+    human = pd.DataFrame(
+        {"image": ["i1", "i2"], "x": [0.81, 0.0], "y": [0.09, 0.0], "abstain": [0.1, 1.0]}
+    )
+    images = pd.DataFrame({"class": ["x", "y"], "split": ["val", "val"]}, index=["i1", "i2"])
+    per_image, summary = evaluate.visalign(human, probs, images, ["x", "y"], costs=(0, 2))
+    assert per_image["hellinger"].iloc[0] == pytest.approx(0, abs=1e-12)
+    assert 0 < per_image["hellinger"].iloc[1] < 1
+    assert per_image["model_decision"].tolist() == ["x", "abstain"]
+    assert per_image["human_majority"].tolist() == ["x", "abstain"]
+    # Both decisions match the human majority: +1 each whatever the cost.
+    assert summary.iloc[0][["reliability_c0", "reliability_c2"]].tolist() == [1, 1]
+
+
+def test_plots_say_synthetic(data, tmp_path):
+    trials = simulate(data, tmp_path / "t.csv", n_participants=10)
+    natural_trials = trials[trials["condition"] == "natural"]
+    logit = dirmap.read(data["natural"]).set_index("im_path")["robust_gt_logit"]
+    for synthetic in (True, False):
+        fig = evaluate.plot_difficulty_curve(natural_trials, logit, synthetic=synthetic)
+        assert ("(synthetic observers)" in fig.axes[0].get_title()) is synthetic
+        sets = {n: dirmap.read(data[n], check_files=False) for n in SETS}
+        effect = evaluate.enhancement_effect(trials, sets)
+        fig = evaluate.plot_enhancement_effect(effect, synthetic=synthetic)
+        assert ("(synthetic observers)" in fig.axes[0].get_title()) is synthetic
+        model = pd.Series(dirmap.read(data["natural"]).set_index("im_path")["correct"])
+        fig = evaluate.plot_consistency(
+            evaluate.consistency(natural_trials, model, n_boot=20), synthetic=synthetic
+        )
+        assert ("(synthetic observers)" in fig._suptitle.get_text()) is synthetic
