@@ -15,7 +15,8 @@ $(BIN)/.installed: pyproject.toml
 setup: $(BIN)/.installed
 
 run: setup
-	$(BIN)/snakemake --cores $(CORES) --workflow-profile profiles/local
+	$(BIN)/snakemake --cores $(CORES) --workflow-profile profiles/local \
+		--report results/report.html --report-after-run
 
 lint: setup
 	$(BIN)/ruff check .

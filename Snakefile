@@ -5,6 +5,9 @@
 configfile: "config.yaml"
 
 
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/download.smk"
 include: "rules/dirmap.smk"
@@ -12,6 +15,8 @@ include: "rules/imagefolder.smk"
 include: "rules/train.smk"
 include: "rules/score.smk"
 include: "rules/enhance.smk"
+include: "rules/upload.smk"
+include: "rules/evaluate.smk"
 
 
 rule all:

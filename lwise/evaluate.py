@@ -238,7 +238,7 @@ def simulate_trials(
       p_correct = 1/K + (1 − 1/K − lapse) · sigmoid(slope · (ability_i + boost_c − difficulty_j)),
         ability_i ~ Normal(0, ability_sd) per participant, K = number of classes; errors are
         abstentions (likeliest near chance, at most `abstain_max`) or uniform wrong classes.
-    The defaults give about 70 % natural accuracy on 10 classes. Each participant sees
+    The defaults give about two thirds correct on natural 10-class digits. Each participant sees
     `trials_per_participant` images (default: every image once) with the sets balanced.
 
     Returns the validated trials (`synthetic` = True, plus `p_correct` and the image's
@@ -665,8 +665,8 @@ def plot_difficulty_curve(
         ci = metrics.accuracy_ci(y[idx.to_numpy()])
         centres.append(x[idx.to_numpy()].mean())
         acc.append(ci["accuracy"])
-        err[0].append(ci["accuracy"] - ci["ci_low"])
-        err[1].append(ci["ci_high"] - ci["accuracy"])
+        err[0].append(max(0.0, ci["accuracy"] - ci["ci_low"]))  # rounding at 0 % or 100 %
+        err[1].append(max(0.0, ci["ci_high"] - ci["accuracy"]))
     ax.errorbar(centres, acc, yerr=err, fmt="o", capsize=3, label="human accuracy (binned)")
     if len(set(y)) == 2:
         # The model metrics.difficulty_auc fits (logistic on the standardised logit), for display.
@@ -689,7 +689,7 @@ def plot_enhancement_effect(table: pd.DataFrame, *, synthetic: bool = False):
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(table) + 1.5), 4))
     pos = np.arange(len(table))
-    err = [table["accuracy"] - table["ci_low"], table["ci_high"] - table["accuracy"]]
+    err = np.clip([table["accuracy"] - table["ci_low"], table["ci_high"] - table["accuracy"]], 0, 1)
     ax.errorbar(pos, table["accuracy"], yerr=err, fmt="o-", capsize=4)
     labels = [
         f"{r.condition}\nL2 {r.mean_l2_distance:.2f}"
@@ -719,11 +719,9 @@ def plot_consistency(table: pd.DataFrame, *, synthetic: bool = False):
     jitter = np.random.default_rng(0).uniform(-0.15, 0.15, len(per))
     for ax, (column, label) in zip(axes, panels, strict=True):
         ax.scatter(jitter, per[column], s=12, alpha=0.6)
-        low, high = mean.get(f"{column}_ci_low"), mean.get(f"{column}_ci_high")
-        ax.errorbar(
-            [0.4], [mean[column]], yerr=[[mean[column] - low], [high - mean[column]]],
-            fmt="D", color="k", capsize=4,
-        )  # fmt: skip
+        low, high = mean[f"{column}_ci_low"], mean[f"{column}_ci_high"]
+        yerr = np.clip([[mean[column] - low], [high - mean[column]]], 0, None)  # NaN: no bar
+        ax.errorbar([0.4], [mean[column]], yerr=yerr, fmt="D", color="k", capsize=4)
         if column == "human_accuracy":
             ax.axhline(mean["model_accuracy"], color="C3", ls="--", label="model")
             ax.legend(fontsize=7)
@@ -749,6 +747,11 @@ def _save(fig, path: Path) -> None:
 def _read_sets(
     natural_csv: Path, natural: pd.DataFrame, set_dirmaps: Mapping[str, str | os.PathLike]
 ) -> dict[str, pd.DataFrame]:
+    given = Path(set_dirmaps.get(NATURAL, natural_csv))
+    if given.resolve() != natural_csv.resolve():
+        raise AlignmentDataError(
+            f"set_dirmaps['{NATURAL}'] is {given} but the natural dirmap is {natural_csv}"
+        )
     sets = {}
     for name, path in {NATURAL: natural_csv, **dict(set_dirmaps)}.items():
         # Tables only: the image files are not needed here (and need not be on this machine).

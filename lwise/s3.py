@@ -462,7 +462,11 @@ def upload_image_set(
         # On failure drop the queued uploads instead of sending them after the error.
         pool.shutdown(wait=True, cancel_futures=True)
 
+    # im_path stays resolvable from the new CSV's folder; the object key is kept beside it.
+    local = df["im_path"].map(lambda p: str(image_root / p))
     out = df.assign(
+        im_path=dirmap.relative_to(local, Path(out_csv).parent),
+        s3_key=keys,
         url=[
             object_url(
                 bucket,
@@ -472,7 +476,7 @@ def upload_image_set(
                 addressing_style=cfg.addressing_style,
             )
             for key in keys
-        ]
+        ],
     )
     write_csv(out, out_csv)
     # Through pandas for NaN -> null and numpy scalars, re-dumped to keep '/' unescaped in URLs.

@@ -37,12 +37,20 @@ def final_outputs():
             f"results/{dataset}/difficulty/dirmap.csv",
             f"results/{dataset}/stimuli/contact_sheet.png",
         ]
+        outputs.append(f"results/{dataset}/alignment_{human_source(dataset)}")
+        outputs += expand(
+            "results/{dataset}/upload/{set}/dirmap.csv",
+            dataset=dataset,
+            set=stimulus_set_names(dataset),
+        )
     return outputs
 
 
 wildcard_constraints:
     objective="logit|cross_entropy|logit_diverge",
     eps=r"[0-9]+(\.[0-9]+)?",
+    set=r"natural|(logit|cross_entropy|logit_diverge)_eps[0-9]+(\.[0-9]+)?",
+    source="human|synthetic",
 
 
 def section(dataset, name):
@@ -106,3 +114,50 @@ def guide_trusted(wildcards):
 
 def contact_sheet_per_class(wildcards):
     return enhance_settings(wildcards)["contact_sheet_per_class"]
+
+
+def upload_endpoint():
+    endpoint = config["upload"]["endpoint_url"]
+    if endpoint == "local":
+        return "http://127.0.0.1:{}".format(config["upload"].get("local_port", 9900))
+    return endpoint
+
+
+def stimulus_set_names(dataset):
+    cfg = section(dataset, "enhance")
+    return ["natural"] + [
+        f"{objective}_eps{fmt_eps(eps)}"
+        for objective in cfg["objectives"]
+        for eps in cfg["epsilons"]
+    ]
+
+
+def human_source(dataset):
+    """ "human" when the dataset has real responses, else "synthetic" (simulated observers)."""
+    return "human" if "humans" in config["datasets"][dataset] else "synthetic"
+
+
+def trials_file(wildcards):
+    humans = config["datasets"][wildcards.dataset].get("humans")
+    if humans:
+        return humans["trials"]
+    return "results/{dataset}/humans/trials_synthetic.csv".format(**wildcards)
+
+
+def stimulus_dirs(wildcards):
+    return {
+        name: f"results/{wildcards.dataset}/stimuli/{name}"
+        for name in stimulus_set_names(wildcards.dataset)
+    }
+
+
+def human_extras(wildcards):
+    humans = config["datasets"][wildcards.dataset].get("humans", {})
+    return {
+        "label_distributions_csv": humans.get("label_distributions"),
+        "vanilla_dirmap_csv": humans.get("vanilla_dirmap"),
+    }
+
+
+def stimulus_set_names_of(wildcards):
+    return stimulus_set_names(wildcards.dataset)

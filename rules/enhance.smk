@@ -54,7 +54,12 @@ rule contact_sheet:
     input:
         contact_sheet_inputs,
     output:
-        "results/{dataset}/stimuli/contact_sheet.png",
+        report(
+            "results/{dataset}/stimuli/contact_sheet.png",
+            caption="../report/contact_sheet.rst",
+            category="Stimuli",
+            subcategory="{dataset}",
+        ),
     log:
         "results/logs/{dataset}/contact_sheet.log",
     benchmark:

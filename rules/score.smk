@@ -6,7 +6,12 @@ rule score_difficulty:
     output:
         dirmap="results/{dataset}/difficulty/dirmap.csv",
         accuracy="results/{dataset}/difficulty/accuracy.csv",
-        confusion="results/{dataset}/difficulty/confusion_matrix.png",
+        confusion=report(
+            "results/{dataset}/difficulty/confusion_matrix.png",
+            caption="../report/difficulty.rst",
+            category="Difficulty",
+            subcategory="{dataset}",
+        ),
         probabilities="results/{dataset}/difficulty/probabilities.csv",
     log:
         "results/logs/{dataset}/score_difficulty.log",

@@ -296,7 +296,7 @@ def run(data, trials_csv, out, **kwargs):
 def test_bad_trials_csv_gives_the_validator_error(data, tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("participant,image,response,correct\np1,val/ant/ant_00.png,ant,1\n")
-    with pytest.raises(humans.HumanDataError, match=r"bad\.csv: .*missing required column"):
+    with pytest.raises(humans.HumanDataError, match=r"(?s)bad\.csv: .*missing required column"):
         run(data, bad, tmp_path / "out")
     bad.write_text(
         "participant,image,condition,response,correct\np1,val/ant/ant_00.png,natural,hippo,0\n"

@@ -16,6 +16,7 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 from conftest import make_imagefolder
 from s3server import moto_s3_server
 
+from lwise import dirmap
 from lwise.dirmap import DirmapError
 from lwise.s3 import (
     S3AccessDenied,
@@ -157,14 +158,16 @@ def test_upload_roundtrip_and_rerun_skips(s3_endpoint, tmp_path):
     src = pd.read_csv(tmp_path / "dirmap.csv")
     out = pd.read_csv(out_csv)
     assert "url" not in src.columns  # the input is left alone
-    assert out.drop(columns="url").equals(src)
+    assert out.drop(columns=["url", "im_path", "s3_key"]).equals(src.drop(columns="im_path"))
+    assert out["s3_key"].equals(src["im_path"])  # object keys are the image keys
+    assert len(dirmap.read(out_csv)) == 10  # im_path resolves from the new CSV's folder
     records = json.loads(out_json.read_text())
     assert [r["url"] for r in records] == out["url"].tolist()
     s3 = client(s3_endpoint)
     for row in out.itertuples():
-        local = (tmp_path / "images" / row.im_path).read_bytes()
-        assert row.url == f"{s3_endpoint}/{stats.bucket}/{row.im_path}"
-        obj = s3.get_object(Bucket=stats.bucket, Key=row.im_path)
+        local = (tmp_path / "images" / row.s3_key).read_bytes()
+        assert row.url == f"{s3_endpoint}/{stats.bucket}/{row.s3_key}"
+        obj = s3.get_object(Bucket=stats.bucket, Key=row.s3_key)
         assert obj["Body"].read() == local
         assert obj["ContentType"] == "image/png"
         with pytest.raises(urllib.error.HTTPError, match="403"):  # private: anonymous GET fails
@@ -173,7 +176,7 @@ def test_upload_roundtrip_and_rerun_skips(s3_endpoint, tmp_path):
     again, _, _ = upload(tmp_path, cfg)
     assert (again.uploaded, again.skipped) == (0, 10)
 
-    changed = tmp_path / "images" / out["im_path"][0]
+    changed = tmp_path / "images" / out["s3_key"][0]
     changed.write_bytes(changed.read_bytes() + b"\0")
     third, _, _ = upload(tmp_path, cfg)
     assert (third.uploaded, third.skipped) == (1, 9)
@@ -184,7 +187,7 @@ def test_bucket_created_in_region_and_private(s3_endpoint, tmp_path):
     stats, out_csv, _ = upload(tmp_path, cfg)
     s3 = client(s3_endpoint, "ap-southeast-2")
     assert s3.get_bucket_location(Bucket=stats.bucket)["LocationConstraint"] == "ap-southeast-2"
-    key = pd.read_csv(out_csv)["im_path"][0]
+    key = pd.read_csv(out_csv)["s3_key"][0]
     grants = s3.get_object_acl(Bucket=stats.bucket, Key=key)["Grants"]
     assert not [g for g in grants if g["Grantee"].get("URI") == ALL_USERS]
 
@@ -193,7 +196,7 @@ def test_public_read_and_encryption_when_asked(s3_endpoint, tmp_path):
     cfg = config(s3_endpoint, public_read=True, sse="AES256")
     stats, out_csv, _ = upload(tmp_path, cfg)
     s3 = client(s3_endpoint)
-    key = pd.read_csv(out_csv)["im_path"][0]
+    key = pd.read_csv(out_csv)["s3_key"][0]
     grants = s3.get_object_acl(Bucket=stats.bucket, Key=key)["Grants"]
     assert {"READ"} == {g["Permission"] for g in grants if g["Grantee"].get("URI") == ALL_USERS}
     with urllib.request.urlopen(pd.read_csv(out_csv)["url"][0]) as response:  # anonymous GET
@@ -207,8 +210,8 @@ def test_one_bucket_with_prefix_per_set(s3_endpoint, tmp_path):
     stats, out_csv, _ = upload(tmp_path, cfg)
     assert stats.prefix == "Test_Set/eps0.5/"
     keys = {o["Key"] for o in client(s3_endpoint).list_objects_v2(Bucket=stats.bucket)["Contents"]}
-    expected = {stats.prefix + p for p in pd.read_csv(out_csv)["im_path"]}
-    assert keys == expected
+    expected = set(pd.read_csv(out_csv)["s3_key"])
+    assert keys == expected and all(k.startswith(stats.prefix) for k in keys)
     assert all(
         u.startswith(f"{s3_endpoint}/{stats.bucket}/Test_Set/eps0.5/")
         for u in pd.read_csv(out_csv)["url"]

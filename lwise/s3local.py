@@ -1,0 +1,94 @@
+"""A local S3-compatible server (moto's `moto_server`) on 127.0.0.1, for runs whose upload
+endpoint is local and for the tests. It keeps objects in memory only while it runs."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+STARTUP_TIMEOUT_S = 30
+# Credentials moto accepts; they open nothing anywhere else.
+LOCAL_CREDENTIALS = {"aws_access_key_id": "lwise-local", "aws_secret_access_key": "lwise-local"}
+
+
+def moto_executable() -> Path:
+    exe = Path(sys.executable).with_name("moto_server")
+    if not exe.is_file():
+        raise FileNotFoundError(f"{exe} not found; install the test extra (moto[server])")
+    return exe
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1):
+            return True
+    except urllib.error.HTTPError:
+        return True  # any HTTP status means the server is up
+    except OSError:
+        return False
+
+
+def start_server(exe: Path, port: int, log) -> subprocess.Popen | None:
+    """Start the server on `port`; None if it exited (e.g. the port was taken meanwhile)."""
+    proc = subprocess.Popen(
+        [str(exe), "-H", "127.0.0.1", "-p", str(port)],
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return None
+        if answers(f"http://127.0.0.1:{port}/"):
+            return proc
+        time.sleep(0.1)
+    proc.kill()
+    proc.wait()
+    raise TimeoutError(f"moto_server did not answer on port {port} within {STARTUP_TIMEOUT_S}s")
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+class LocalServer:
+    """A moto_server on 127.0.0.1:`port`, started and stopped around a workflow run."""
+
+    def __init__(self, port: int):
+        self.port = port
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        if answers(self.url):
+            raise RuntimeError(
+                f"port {self.port} is already in use; set upload.local_port to a free port"
+            )
+        self.proc = start_server(moto_executable(), self.port, subprocess.DEVNULL)
+        if self.proc is None:
+            raise RuntimeError(f"moto_server could not start on port {self.port}")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_server(self.proc)
+            self.proc = None

@@ -1,0 +1,15 @@
+from pathlib import Path
+
+from lwise.evaluate import simulate_trials
+from lwise.logs import script_logging
+
+with script_logging(snakemake.log[0]):
+    sim = snakemake.params.simulation
+    simulate_trials(
+        Path(snakemake.input.natural) / "dirmap.csv",
+        [name for name in snakemake.input.keys()],
+        snakemake.output[0],
+        n_participants=sim["n_participants"],
+        boost_per_eps=sim["boost_per_eps"],
+        seed=sim["seed"],
+    )
