@@ -137,11 +137,11 @@ def gt_logits(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int) ->
         )
 
 
-def enhance_all(model, x, y, batch: int, mode: str, args) -> torch.Tensor:
+def enhance_all(model, x, y, batch: int, mode: str, args, steps: int | None = None):
     kwargs = {
         "eps": args.eps,
         "step_size": args.step_size,
-        "steps": args.steps,
+        "steps": args.steps if steps is None else steps,
         "objective": args.objective,
         "mode": mode,
     }
@@ -154,39 +154,28 @@ def enhance_all(model, x, y, batch: int, mode: str, args) -> torch.Tensor:
 
 
 def bench_enhance(args, device, model, fast_model, x, y) -> dict:
-    results = {}
     clean = gt_logits(model, x, y, args.reference_batch)
+    gains = {}
 
-    def run(name: str, net: nn.Module, batch: int, mode: str) -> dict:
+    def run(net: nn.Module, batch: int, mode: str) -> dict:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        timed(
-            device,
-            lambda: pgd(
-                net,
-                x[:batch],
-                y[:batch],
-                eps=args.eps,
-                step_size=args.step_size,
-                steps=2,
-                objective=args.objective,
-                mode=mode,
-            ),
-        )  # warm-up: compile, cuDNN autotuning
+        # Warm-up on one batch: torch.compile, cuDNN autotuning.
+        timed(device, lambda: enhance_all(net, x[:batch], y[:batch], batch, mode, args, steps=2))
         out, seconds = timed(device, lambda: enhance_all(net, x, y, batch, mode, args))
         # Gains are always measured with the fp32 reference model.
-        gain = (gt_logits(model, out, y, args.reference_batch) - clean).mean().item()
+        gains[mode, batch] = gt_logits(model, out, y, args.reference_batch) - clean
         row = {
             "mode": mode,
             "batch": batch,
             "images_per_s": len(x) / seconds,
-            "gt_logit_gain": gain,
+            "gt_logit_gain": gains[mode, batch].mean().item(),
         }
         if device.type == "cuda":
             row["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
         print(
-            f"  {name:<10} batch {batch:>4}: {row['images_per_s']:8.1f} images/s, "
-            f"mean GT-logit gain {gain:.4f}"
+            f"  {mode:<10} batch {batch:>4}: {row['images_per_s']:8.1f} images/s, "
+            f"mean GT-logit gain {row['gt_logit_gain']:.4f}"
             + (f", peak {row['peak_gib']:.1f} GiB" if "peak_gib" in row else ""),
             flush=True,
         )
@@ -197,18 +186,25 @@ def bench_enhance(args, device, model, fast_model, x, y) -> dict:
         f"{args.step_size}, objective {args.objective}",
         flush=True,
     )
-    results["reference"] = run("reference", model, args.reference_batch, "reference")
-    fast_rows = [run("fast", fast_model, b, "fast") for b in args.fast_batches]
+    ref = run(model, args.reference_batch, "reference")
+    fast_rows = [run(fast_model, b, "fast") for b in args.fast_batches]
     best = max(fast_rows, key=lambda r: r["images_per_s"])
-    results["fast_all"], results["fast"] = fast_rows, best
-    ref = results["reference"]
-    results["speedup"] = best["images_per_s"] / ref["images_per_s"]
-    results["gain_rel_diff"] = abs(best["gt_logit_gain"] - ref["gt_logit_gain"]) / abs(
-        ref["gt_logit_gain"]
-    )
+    # PGD trajectories on a random-init network are chaotic (fp32 and fp64 runs differ per image
+    # by ~30 % on the CPU), so the gap between mean gains comes with its standard error.
+    diff = gains["fast", best["batch"]] - gains["reference", ref["batch"]]
+    scale = abs(ref["gt_logit_gain"])
+    results = {
+        "reference": ref,
+        "fast": best,
+        "fast_all": fast_rows,
+        "speedup": best["images_per_s"] / ref["images_per_s"],
+        "gain_rel_diff": abs(diff.mean().item()) / scale,
+        "gain_rel_diff_stderr": diff.std().item() / len(diff) ** 0.5 / scale,
+    }
     print(
         f"  fast (batch {best['batch']}) / reference: {results['speedup']:.2f}x images/s; "
-        f"GT-logit gain relative difference {100 * results['gain_rel_diff']:.2f} %",
+        f"GT-logit gain relative difference {100 * results['gain_rel_diff']:.2f} % "
+        f"(standard error {100 * results['gain_rel_diff_stderr']:.2f} %)",
         flush=True,
     )
     return results

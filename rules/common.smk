@@ -161,3 +161,19 @@ def human_extras(wildcards):
 
 def stimulus_set_names_of(wildcards):
     return stimulus_set_names(wildcards.dataset)
+
+
+def enhance_job_settings(wildcards):
+    """What one enhancement job uses: not the lists of epsilons and objectives, so adding an
+    epsilon leaves the other epsilons' jobs up to date."""
+    cfg = enhance_settings(wildcards)
+    return {
+        k: v
+        for k, v in cfg.items()
+        if k not in ("epsilons", "objectives", "contact_sheet_per_class")
+    }
+
+
+def natural_settings(wildcards):
+    cfg = enhance_settings(wildcards)
+    return {"format": cfg["format"], "jpeg_quality": cfg["jpeg_quality"]}

@@ -17,7 +17,7 @@ rule natural_stimuli:
         mem_mb=4000,
         runtime=120,
     params:
-        enhance=enhance_settings,
+        enhance=natural_settings,
     script:
         "../workflow/scripts/natural_stimuli.py"
 
@@ -42,7 +42,7 @@ rule enhance:
         mem_mb=8000,
         runtime=720,
     params:
-        enhance=enhance_settings,
+        enhance=enhance_job_settings,
         eps=eps_value,
         trusted=guide_trusted,
     script:

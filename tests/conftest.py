@@ -12,18 +12,12 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_workflow(
-    workdir: Path,
-    config: dict,
-    *args: str,
-    check: bool = True,
-    cores: int = 2,
-) -> subprocess.CompletedProcess:
-    """Run the repository's Snakefile on `config` in `workdir`, as a user would."""
+def workflow_command(workdir: Path, config: dict, *args: str, cores: int = 2) -> list[str]:
+    """The snakemake command that runs the repository's Snakefile on `config` in `workdir`."""
     workdir.mkdir(parents=True, exist_ok=True)
     cfg = workdir / "test-config.yaml"
     cfg.write_text(yaml.safe_dump(config))
-    cmd = [
+    return [
         sys.executable, "-m", "snakemake",
         "--snakefile", str(REPO / "Snakefile"),
         "--directory", str(workdir),
@@ -31,7 +25,15 @@ def run_workflow(
         "--cores", str(cores),
         *args,
     ]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+
+
+def run_workflow(
+    workdir: Path, config: dict, *args: str, check: bool = True, cores: int = 2
+) -> subprocess.CompletedProcess:
+    """Run the workflow as a user would; fail with its output unless `check` is False."""
+    proc = subprocess.run(
+        workflow_command(workdir, config, *args, cores=cores), capture_output=True, text=True
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -123,3 +125,18 @@ def digits_model(digits_folder, tmp_path_factory) -> Path:
         TrainConfig.from_dict(SMALL_TRAIN),
     )  # fmt: skip
     return out / "model.pt"
+
+
+def tiny_config() -> dict:
+    """The default config, shrunk: a digits subset, one short epoch, two epsilons."""
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config["datasets"]["digits"]["build"] = {"n_per_class": {"train": 20, "val": 6}}
+    config["guide"]["train"] = {**SMALL_TRAIN, "epochs": 1}
+    config["enhance"]["epsilons"] = [1, 2]
+    from lwise.s3local import free_port
+
+    config["upload"]["local_port"] = free_port()
+    config["simulation"]["n_participants"] = 4
+    config["evaluation"]["n_boot"] = 50
+    config["evaluation"]["folds"] = 3
+    return config

@@ -145,6 +145,10 @@ def test_best_iterate_is_kept_when_later_steps_overshoot():
     assert torch.allclose(out, torch.full_like(x0, 0.25))
     last = _mean_target_pgd(x0, 0.25, steps=2, use_best=False)
     assert torch.allclose(last, torch.full_like(x0, 0.5))
+    # The iterate after the last step counts too (robustness evaluates the loss once more).
+    assert torch.allclose(
+        _mean_target_pgd(x0, 0.25, steps=1, use_best=True), torch.full_like(x0, 0.25)
+    )
 
 
 def test_best_iterate_is_x0_when_nothing_improves():

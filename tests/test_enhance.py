@@ -52,10 +52,8 @@ def test_enhancement_lowers_error_rate_of_held_out_images(held_out, digits_model
         if kw is not None:
             _run(held_out, digits_model, tmp_path / name, eps=1.5, **kw)
             folder = tmp_path / name
-        scored = score(
-            folder / "dirmap.csv", digits_model, tmp_path / f"{name}.csv", tmp_path / f"{name}_acc.csv",
-            tmp_path / f"{name}.png", workers=0,
-        )  # fmt: skip
+        outputs = [tmp_path / f"{name}{suffix}" for suffix in (".csv", "_acc.csv", ".png")]
+        scored = score(folder / "dirmap.csv", digits_model, *outputs, workers=0)
         rates[name] = 1 - scored["correct"].mean()
     assert rates["enhanced"] < rates["natural"] < rates["attacked"]
 

@@ -1,0 +1,130 @@
+"""Targeted rebuilds, reruns after a parameter change, interruptions, and the DAG's scale."""
+
+import copy
+import os
+import re
+import signal
+import subprocess
+import time
+
+import pandas as pd
+import pytest
+from conftest import run_workflow, tiny_config, workflow_command
+
+
+def planned_jobs(proc: subprocess.CompletedProcess) -> dict[str, int]:
+    """The 'Job stats' table of a dry run: rule -> count ({} when nothing is to be done)."""
+    if "Job stats:" not in proc.stdout:
+        assert "Nothing to be done" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+        return {}
+    table = proc.stdout.split("Job stats:")[1].split("\n\n")[0]
+    return {
+        m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m[1] != "total"
+    }
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    work = tmp_path_factory.mktemp("dag")
+    config = tiny_config()
+    run_workflow(work, config)
+    return work, config
+
+
+@pytest.mark.slow
+def test_full_tiny_run_then_nothing_to_do(finished):
+    work, config = finished
+    assert planned_jobs(run_workflow(work, config, "--dry-run")) == {}
+    assert (work / "results/digits/alignment_synthetic/summary.csv").exists()
+    urls = pd.read_csv(work / "results/digits/upload/logit_eps2/dirmap.csv")["url"]
+    assert urls.str.startswith(
+        f"http://127.0.0.1:{config['upload']['local_port']}/lwise-digits-logit-eps2/"
+    ).all()
+
+
+@pytest.mark.slow
+def test_changing_one_epsilon_reruns_only_what_depends_on_it(finished):
+    work, config = finished
+    changed = copy.deepcopy(config)
+    changed["enhance"]["epsilons"] = [1, 3]
+    jobs = planned_jobs(run_workflow(work, changed, "--dry-run"))
+    assert jobs["enhance"] == 1 and jobs["upload"] == 1  # eps 3 only; eps 1 is reused
+    assert (
+        "train_guide" not in jobs and "score_difficulty" not in jobs and "imagefolder" not in jobs
+    )
+    assert {"contact_sheet", "simulate_observers", "evaluate_alignment"} <= set(jobs)
+
+
+@pytest.mark.slow
+def test_changing_a_training_parameter_reruns_training_and_its_dependents(finished):
+    work, config = finished
+    changed = copy.deepcopy(config)
+    changed["guide"]["train"]["lr"] = 0.01
+    jobs = planned_jobs(run_workflow(work, changed, "--dry-run"))
+    assert jobs["train_guide"] == 1 and jobs["enhance"] == 2
+    assert "download" not in jobs and "imagefolder" not in jobs
+
+
+def test_naming_one_file_builds_only_it_and_its_inputs(tmp_path):
+    config = tiny_config()
+    run_workflow(tmp_path, config, "results/digits/dirmap.csv")
+    assert (tmp_path / "results/digits/dirmap.csv").exists()
+    assert not (tmp_path / "results/digits/imagefolder").exists()
+    jobs = planned_jobs(
+        run_workflow(tmp_path, config, "--dry-run", "results/digits/guide/model.pt")
+    )
+    assert jobs == {"imagefolder": 1, "train_guide": 1}
+
+
+@pytest.mark.slow
+def test_interrupted_job_is_not_taken_as_complete(tmp_path):
+    config = tiny_config()
+    config["guide"]["train"]["epochs"] = 30  # long enough to be killed mid-way
+    run_workflow(tmp_path, config, "results/digits/imagefolder")
+    cmd = workflow_command(tmp_path, config, "results/digits/guide/model.pt")
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    state = tmp_path / "results/digits/guide/resume/last.pt"
+    deadline = time.time() + 300
+    while not state.exists() and time.time() < deadline:
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)  # the whole job, as a power cut would
+    proc.wait()
+    assert not (tmp_path / "results/digits/guide/model.pt").exists()
+    dry = run_workflow(tmp_path, config, "--dry-run", "results/digits/guide/model.pt", check=False)
+    assert dry.returncode != 0 and "incomplete" in (dry.stdout + dry.stderr).lower()
+    config["guide"]["train"]["epochs"] = 30
+    done = run_workflow(tmp_path, config, "--rerun-incomplete", "results/digits/guide/model.pt")
+    assert done.returncode == 0
+    log = (tmp_path / "results/logs/digits/train_guide.log").read_text()
+    assert "resuming after epoch" in log
+    assert len(pd.read_csv(tmp_path / "results/digits/guide/metrics.csv")) == 30
+
+
+def test_a_hundred_thousand_images_do_not_mean_more_jobs(tmp_path):
+    root = tmp_path / "big"
+    rows = []
+    for i in range(100_000):
+        rel = f"train/c{i % 100}/im{i}.png"
+        rows.append(("train" if i % 10 else "val", f"c{i % 100}", i % 100, rel))
+    for c in range(100):
+        (root / "train" / f"c{c}").mkdir(parents=True)
+    for _, _, _, rel in rows:
+        (root / rel).touch()
+    pd.DataFrame(rows, columns=["split", "class", "class_num", "im_path"]).to_csv(
+        root / "recipe.csv", index=False
+    )
+    config = tiny_config()
+    config["datasets"] = {
+        "big": {
+            "sources": [{"url": str(root)}],
+            "definer": {"type": "recipe", "options": {"path": "big/recipe.csv"}},
+        }
+    }
+    began = time.time()
+    jobs = planned_jobs(run_workflow(tmp_path / "work", config, "--dry-run"))
+    took = time.time() - began
+    print(f"dry run over a 100,000-image dataset: {took:.1f} s, {sum(jobs.values())} jobs")
+    small = planned_jobs(run_workflow(tmp_path / "work2", tiny_config(), "--dry-run"))
+    assert jobs == small  # one job per stage (and per epsilon), never per image
