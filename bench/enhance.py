@@ -5,35 +5,42 @@ CPU smoke run: python bench/enhance.py --quick
 
 Unless --checkpoint is given, the guide model is a randomly initialised torchvision ResNet-50
 whose BatchNorm statistics are first estimated on the benchmark images, so activations and
-logits have realistic scales; the training part always starts from such a model.
-Timings are wall-clock between torch.cuda.synchronize calls, after warm-up (which includes
-torch.compile). The reference mode runs with PyTorch's default precision flags (printed), like
-the original robustness code did.
+logits have realistic scales. Scoring reads synthetic JPEGs through `lwise.data`; training runs
+`lwise.train.train` itself on such files. Timings are wall-clock between torch.cuda.synchronize
+calls, after warm-up (which includes torch.compile). The reference mode runs with PyTorch's
+default precision flags (printed): cuDNN convolutions in TF32 on Ampere and later GPUs, as the
+original robustness code ran there; --reference-precision ieee makes them strict fp32.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import pandas as pd
 import torch
 import torch.nn.functional as F
 import torchvision
 from PIL import Image
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
-from torchvision import transforms
+from torch.utils.data import DataLoader
 
+from lwise import dirmap
 from lwise.attacks import pgd
 from lwise.checkpoints import load_model
+from lwise.data import DirmapImages, eval_transform
 from lwise.models import ImageClassifier, Normalize, prepare_fast
+from lwise.train import TrainConfig, train
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+PARTS = ("enhance", "scoring", "training")
+TRAIN_CLASSES = 16
 
 
 def parse_args() -> argparse.Namespace:
@@ -59,6 +66,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--step-size", type=float, default=0.5)
     parser.add_argument("--objective", default="logit")
     parser.add_argument("--reference-batch", type=int, default=32)  # enhance.py default
+    parser.add_argument(
+        "--reference-precision",
+        choices=("default", "ieee"),
+        default="default",
+        help="fp32 convolutions of the reference run: PyTorch's default (TF32 on cuDNN, as the "
+        "original code ran on recent GPUs) or strict IEEE fp32",
+    )
     parser.add_argument("--fast-batches", default="64,128,256")
     parser.add_argument(
         "--compile",
@@ -72,13 +86,18 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--score-images", type=int, default=1024)
     parser.add_argument("--score-batch", type=int, default=256)
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
-    parser.add_argument("--train-images", type=int, default=1024)
+    parser.add_argument("--train-images", type=int, default=2048)
     parser.add_argument("--train-batch", type=int, default=128)
     # robustness training defaults: 7 attack steps of 0.5 (reference §3.7, §7.1).
     parser.add_argument("--train-eps", type=float, default=3.0)
     parser.add_argument("--train-steps", type=int, default=7)
     parser.add_argument("--train-step-size", type=float, default=0.5)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--parts",
+        default=",".join(PARTS),
+        help="comma-separated subset of " + ",".join(PARTS) + " (each compiles its own graphs)",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     if args.quick:
@@ -88,6 +107,10 @@ def parse_args() -> argparse.Namespace:
         args.score_images, args.score_batch, args.workers = 16, 8, 2
         args.train_images, args.train_batch, args.train_steps = 16, 8, 2
     args.fast_batches = [int(b) for b in args.fast_batches.split(",")]
+    args.parts = args.parts.split(",")
+    unknown = set(args.parts) - set(PARTS)
+    if unknown:
+        parser.error(f"unknown part(s) {sorted(unknown)}; valid: {', '.join(PARTS)}")
     return args
 
 
@@ -104,6 +127,24 @@ def timed(device: torch.device, fn: Callable[[], object]) -> tuple[object, float
     return result, time.perf_counter() - start
 
 
+@contextlib.contextmanager
+def fp32_precision(precision: str) -> Iterator[None]:
+    """Within the block, fp32 convolutions and matmuls use `precision` ("default": unchanged)."""
+    if precision == "default":
+        yield
+        return
+    # The new-style flags only: mixing them with the legacy allow_tf32 ones is an error.
+    flags = (torch.backends.cudnn.conv, torch.backends.cudnn.rnn, torch.backends.cuda.matmul)
+    saved = [flag.fp32_precision for flag in flags]
+    try:
+        for flag in flags:
+            flag.fp32_precision = precision
+        yield
+    finally:
+        for flag, value in zip(flags, saved, strict=True):
+            flag.fp32_precision = value
+
+
 def random_images(n: int, size: int, gen: torch.Generator) -> torch.Tensor:
     """Smooth random images in [0, 1]: coarse noise upsampled, so they have spatial structure."""
     coarse = torch.rand(n, 3, max(2, size // 16), max(2, size // 16), generator=gen)
@@ -116,14 +157,19 @@ def make_model(args: argparse.Namespace, calibration: torch.Tensor) -> ImageClas
     model = ImageClassifier(
         net, Normalize(IMAGENET_MEAN, IMAGENET_STD), arch=args.arch, num_classes=args.num_classes
     ).to(calibration.device)
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            module.reset_running_stats()
-            module.momentum = None  # cumulative average over the calibration batches
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    momentum = norms[0].momentum
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative average over the calibration batches
     model.train()
     with torch.no_grad():
         for batch in calibration.split(32):
             model(batch)
+    # Back to the usual momentum: with None, a training step reads the batch count on the host,
+    # which breaks torch.compile graphs.
+    for norm in norms:
+        norm.momentum = momentum
     return model.eval()
 
 
@@ -186,7 +232,8 @@ def bench_enhance(args, device, model, fast_model, x, y) -> dict:
         f"{args.step_size}, objective {args.objective}",
         flush=True,
     )
-    ref = run(model, args.reference_batch, "reference")
+    with fp32_precision(args.reference_precision):
+        ref = run(model, args.reference_batch, "reference")
     fast_rows = [run(fast_model, b, "fast") for b in args.fast_batches]
     best = max(fast_rows, key=lambda r: r["images_per_s"])
     # PGD trajectories on a random-init network are chaotic (fp32 and fp64 runs differ per image
@@ -210,55 +257,55 @@ def bench_enhance(args, device, model, fast_model, x, y) -> dict:
     return results
 
 
-class JpegFolder(Dataset):
-    """JPEG files decoded with PIL, then Resize + CenterCrop + ToTensor as in L-WISE §1.2."""
-
-    def __init__(self, paths: list[Path], labels: list[int], size: int):
-        self.paths, self.labels = paths, labels
-        self.transform = transforms.Compose(
-            [transforms.Resize(size), transforms.CenterCrop(size), transforms.ToTensor()]
-        )
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        with Image.open(self.paths[i]) as img:
-            return self.transform(img.convert("RGB")), self.labels[i]
+def synthetic_dirmap(
+    root: Path, splits: dict[str, int], num_classes: int, size: int, gen: torch.Generator
+) -> pd.DataFrame:
+    """Write JPEGs (quality 90) and `root/dirmap.csv`; labels cycle through the classes."""
+    rows = []
+    # Larger than the crop and not square, as photos are: Resize and CenterCrop both work.
+    shape = (size * 4 // 3, size + size // 7)
+    for split, count in splits.items():
+        for first in range(0, count, 64):
+            for offset, img in enumerate(random_images(min(64, count - first), size, gen)):
+                i = first + offset
+                im_path = f"{split}/{i:05d}.jpg"
+                (root / split).mkdir(parents=True, exist_ok=True)
+                array = (img.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+                Image.fromarray(array).resize(shape).save(root / im_path, quality=90)
+                label = i % num_classes
+                rows.append({"split": split, "class": f"c{label}", "class_num": label,
+                             "im_path": im_path})  # fmt: skip
+    return dirmap.write(pd.DataFrame(rows), root / "dirmap.csv")
 
 
 def bench_scoring(args, device, fast_model, gen) -> dict:
-    """Forward-only GT logits of JPEG files, decoding included (difficulty scoring)."""
+    """Forward-only logits of JPEG files as `lwise.score` computes them, decoding included."""
     print(
         f"scoring: {args.score_images} JPEGs, batch {args.score_batch}, {args.workers} workers",
         flush=True,
     )
     with tempfile.TemporaryDirectory() as tmp:
-        paths = [Path(tmp) / f"{i:05d}.jpg" for i in range(args.score_images)]
-        labels = [i % args.num_classes for i in range(args.score_images)]
-        # Larger than the crop and not square, as photos are: Resize and CenterCrop both work.
-        shape = (args.size * 4 // 3, args.size + args.size // 7)
-        for first in range(0, args.score_images, 64):
-            chunk = random_images(min(64, args.score_images - first), args.size, gen)
-            for path, img in zip(paths[first:], chunk, strict=False):
-                array = (img.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
-                Image.fromarray(array).resize(shape).save(path, quality=90)
+        df = synthetic_dirmap(Path(tmp), {"test": args.score_images}, args.num_classes,
+                              args.size, gen)  # fmt: skip
         loader = DataLoader(
-            JpegFolder(paths, labels, args.size),
+            DirmapImages(df, tmp, eval_transform(args.size)),
             batch_size=args.score_batch,
             num_workers=args.workers,
             pin_memory=device.type == "cuda",
         )
 
+        # The numerics of lwise.score.model_outputs(fast=True); that function prepares (and
+        # compiles) the model on every call, so it is not called twice here.
         def score_epoch() -> torch.Tensor:
             logits = []
-            with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16):
-                for images, y in loader:
-                    images = images.to(device, non_blocking=True).contiguous(
-                        memory_format=torch.channels_last
+            with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16):
+                for images, _, _ in loader:
+                    images = images.to(device, non_blocking=True)
+                    logits.append(
+                        fast_model(images.contiguous(memory_format=torch.channels_last))
+                        .float()
+                        .cpu()
                     )
-                    y = y.to(device, non_blocking=True)
-                    logits.append(fast_model(images).float().gather(1, y[:, None]))
             return torch.cat(logits)
 
         timed(device, score_epoch)  # warm-up: compile, worker start-up paths, page cache
@@ -266,10 +313,11 @@ def bench_scoring(args, device, fast_model, gen) -> dict:
         batch = next(iter(loader))[0].to(device).contiguous(memory_format=torch.channels_last)
 
         def forward_only() -> None:
-            with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16):
+            with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16):
                 for _ in range(len(loader)):
                     fast_model(batch)
 
+        timed(device, forward_only)
         _, model_seconds = timed(device, forward_only)
     result = {
         "images_per_s": args.score_images / seconds,
@@ -283,56 +331,37 @@ def bench_scoring(args, device, fast_model, gen) -> dict:
     return result
 
 
-def bench_training(args, device, gen) -> dict:
-    """One epoch of PGD adversarial training (bf16 autocast, channels_last) on synthetic data.
-
-    The attack runs in eval mode with frozen parameters (robustness `AttackerModel` switches to
-    eval for the attack); the update runs in train mode.
-    """
-    x = random_images(args.train_images, args.size, gen).to(device)
-    y = torch.randint(0, args.num_classes, (args.train_images,), generator=gen).to(device)
-    model = make_model(args, x[:64]).to(memory_format=torch.channels_last)
-    compile_model = args.compile if args.compile is not None else device.type == "cuda"
-    net = torch.compile(model, mode=args.compile_mode, dynamic=False) if compile_model else model
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+def bench_training(args, gen) -> dict:
+    """Two epochs of `lwise.train.train` (PGD adversarial training, bf16 on CUDA) on synthetic
+    JPEGs; the second, warm epoch is timed. It ends with a small validation and a checkpoint
+    write, which the epoch time includes."""
+    val_images = 8
     print(
-        f"adversarial training: {args.train_images} images {args.size}px, batch "
+        f"adversarial training (lwise.train): {args.train_images} images {args.size}px, batch "
         f"{args.train_batch}, eps {args.train_eps}, {args.train_steps} steps",
         flush=True,
     )
-
-    def train_step(xb: torch.Tensor, yb: torch.Tensor) -> None:
-        net.eval()
-        model.requires_grad_(False)
-        adv = pgd(
-            net,
-            xb,
-            yb,
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        splits = {"train": args.train_images, "val": val_images}
+        synthetic_dirmap(root, splits, TRAIN_CLASSES, args.size, gen)
+        cfg = TrainConfig(
+            arch=args.arch,
+            image_size=args.size,
+            epochs=2,
+            batch_size=args.train_batch,
+            val_batch_size=val_images,
+            workers=args.workers,
             eps=args.train_eps,
-            step_size=args.train_step_size,
-            steps=args.train_steps,
-            objective="cross_entropy",
-            direction="attack",
-            mode="fast",
+            attack_steps=args.train_steps,
+            attack_lr=args.train_step_size,
+            eval_every=2,
+            seed=args.seed,
         )
-        net.train()
-        model.requires_grad_(True)
-        with torch.autocast(device.type, dtype=torch.bfloat16):
-            loss = F.cross_entropy(
-                net(adv.contiguous(memory_format=torch.channels_last)).float(), yb
-            )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    def epoch() -> None:
-        for xb, yb in zip(x.split(args.train_batch), y.split(args.train_batch), strict=True):
-            train_step(xb, yb)
-
-    for _ in range(2):  # warm-up: both compiled graphs, optimizer state
-        train_step(x[: args.train_batch], y[: args.train_batch])
-    _, seconds = timed(device, epoch)
-    result = {"images_per_s": args.train_images / seconds}
+        metrics = train(
+            root / "dirmap.csv", root / "model.pt", root / "metrics.csv", root / "state", cfg
+        )
+    result = {"images_per_s": args.train_images / metrics["seconds"].iloc[-1]}
     print(f"  {result['images_per_s']:.1f} images/s", flush=True)
     return result
 
@@ -341,6 +370,7 @@ def main() -> None:
     args = parse_args()
     device = torch.device(args.device)
     torch.backends.cudnn.benchmark = True  # for both modes alike
+    torch.manual_seed(args.seed)  # the random-init weights
     gen = torch.Generator().manual_seed(args.seed)
     x = random_images(args.images, args.size, gen).to(device)
     y = torch.randint(0, args.num_classes, (args.images,), generator=gen).to(device)
@@ -360,15 +390,20 @@ def main() -> None:
     env = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__,
-        "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
-        "matmul_precision": torch.get_float32_matmul_precision(),
+        "cudnn_conv_fp32": torch.backends.cudnn.conv.fp32_precision,
+        "matmul_fp32": torch.backends.cuda.matmul.fp32_precision,
+        "reference_precision": args.reference_precision,
         "arch": args.arch,
         "weights": str(args.checkpoint) if args.checkpoint else "random init",
     }
     print(" ".join(f"{k}={v}" for k, v in env.items()), flush=True)
-    results = {"env": env, "enhance": bench_enhance(args, device, model, fast_model, x, y)}
-    results["scoring"] = bench_scoring(args, device, fast_model, gen)
-    results["training"] = bench_training(args, device, gen)
+    results = {"env": env}
+    if "enhance" in args.parts:
+        results["enhance"] = bench_enhance(args, device, model, fast_model, x, y)
+    if "scoring" in args.parts:
+        results["scoring"] = bench_scoring(args, device, fast_model, gen)
+    if "training" in args.parts:
+        results["training"] = bench_training(args, gen)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 

@@ -115,6 +115,15 @@ def _unwrap(raw: Any) -> tuple[dict[str, torch.Tensor], list[float] | None, list
     return dict(state), None, None
 
 
+def _head_outputs(arch: str, net_state: Mapping[str, torch.Tensor], path) -> int:
+    """The number of classes of the checkpoint's head, read from its weight's shape."""
+    probe = build_model(arch, 1, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # for the head's name only
+    weight = net_state.get(f"{head_name(probe.net)}.weight")
+    if weight is None:
+        raise CheckpointError(f"{path}: no {arch} classifier head found; give num_classes")
+    return weight.shape[0]
+
+
 def _check_classes(net_state: Mapping[str, torch.Tensor], model: ImageClassifier, path) -> None:
     """A clear message for the commonest misfit: a head with another number of classes."""
     key = f"{head_name(model.net)}.weight"
@@ -139,8 +148,9 @@ def load_model(
 ) -> ImageClassifier:
     """An eval-mode `ImageClassifier` from any supported checkpoint.
 
-    Our format carries everything; a plain or robustness state dict needs `arch` and
-    `num_classes`, and a plain one `mean` and `std` too. Normalisation stored in the checkpoint
+    Our format carries everything; a plain or robustness state dict needs `arch` (the number
+    of classes is read from its head unless `num_classes` is given), and a plain one `mean` and
+    `std` too. Normalisation stored in the checkpoint
     wins over `mean`/`std` (as in L-WISE, where the checkpoint's buffers override the dataset's).
     `trusted=True` allows full unpickling, needed for dill-pickled robustness files.
     """
@@ -152,8 +162,10 @@ def load_model(
         arch = raw["arch"]
         num_classes = num_classes if num_classes is not None else raw["num_classes"]
         class_names = class_names if class_names is not None else raw["class_names"]
-    if arch is None or num_classes is None:
-        raise CheckpointError(f"{path} does not record its architecture: give arch and num_classes")
+    if arch is None:
+        raise CheckpointError(f"{path} does not record its architecture: give arch")
+    if num_classes is None:
+        num_classes = _head_outputs(arch, net_state, path)
     if stored_mean is not None:
         given = [torch.tensor(v, dtype=torch.float32) for v in (mean, std) if v is not None]
         stored = [torch.tensor(v) for v in (stored_mean, stored_std)]

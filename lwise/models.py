@@ -20,6 +20,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 log = logging.getLogger(__name__)
 
 PREFIXES = ("tv", "timm")
+RECOMPILE_LIMIT = 64
 
 
 class Normalize(nn.Module):
@@ -222,12 +223,18 @@ def prepare_fast(
     """The model set up for `pgd(..., mode="fast")` and fast scoring: an eval copy with
     BatchNorm folded, frozen parameters (input-only gradients), channels_last weights, and
     torch.compile when `compile` is True (default: only on CUDA, as compiling on the CPU costs
-    more than it saves). Shapes are compiled statically: each new batch size compiles again.
+    more than it saves). Shapes are compiled statically: each new batch size compiles again,
+    and so does each call (folding makes a new module class), so prepare once per process.
     """
     device = next(model.parameters()).device
     fast = fold_batchnorm(model)
     fast.requires_grad_(False)
     fast = fast.to(memory_format=torch.channels_last)
-    if compile if compile is not None else device.type == "cuda":
-        return torch.compile(fast, mode=compile_mode, dynamic=False)
-    return fast
+    if not (compile if compile is not None else device.type == "cuda"):
+        return fast
+    # Every ImageClassifier shares one forward code object, and each batch size adds a gradient
+    # and a no-gradient graph: dynamo's default cap of 8 graphs would silently fall back to eager.
+    torch._dynamo.config.recompile_limit = max(
+        torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT
+    )
+    return torch.compile(fast, mode=compile_mode, dynamic=False)
