@@ -227,6 +227,8 @@ def prepare_fast(
     and so does each call (folding makes a new module class), so prepare once per process.
     """
     device = next(model.parameters()).device
+    # Fixed shapes for the whole job: let cuDNN pick its fastest convolution algorithms.
+    torch.backends.cudnn.benchmark = device.type == "cuda"
     fast = fold_batchnorm(model)
     fast.requires_grad_(False)
     fast = fast.to(memory_format=torch.channels_last)
