@@ -19,6 +19,7 @@ from conftest import (
 from httpserver import serve
 
 from lwise import dirmap
+from lwise.s3local import free_port
 
 
 def _tgz_of(folder):
@@ -41,39 +42,61 @@ def archive_server(tmp_path):
 
 
 def _config(dataset: dict, name="shapes", **download):
-    return {"datasets": {name: dataset}, "download": {"backoff": 0, **download}}
+    """The default config with only this dataset; runs target its ImageFolder (stages 1-3)."""
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config["datasets"] = {name: dataset}
+    config["download"] |= {"backoff": 0, **download}
+    return config
+
+
+def _build(workdir, config, *args, check=True):
+    targets = [f"results/{name}/imagefolder" for name in config["datasets"]]
+    return run_workflow(workdir, config, *args, *targets, check=check)
 
 
 @pytest.mark.slow
-def test_default_digits_run_and_second_run_is_a_no_op(tmp_path):
+def test_default_run_end_to_end_with_report_and_second_run_is_a_no_op(tmp_path):
     config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config["upload"]["local_port"] = free_port()
     dry = run_workflow(tmp_path, config, "--dry-run")
-    for rule in ("download", "dirmap", "imagefolder"):
+    stages = "download dirmap imagefolder train_guide score_difficulty enhance natural_stimuli"
+    for rule in (stages + " upload simulate_observers evaluate_alignment").split():
         assert f"rule {rule}:" in dry.stdout
-    run_workflow(tmp_path, config)
+    run_workflow(tmp_path, config, "--report", "results/report.html", "--report-after-run")
     df = dirmap.read(tmp_path / "results/digits/imagefolder/dirmap.csv")
     assert len(df) == 1797 and df["class"].nunique() == 10
     assert df.groupby("split").size().to_dict() == {"train": 1437, "val": 360}
-    for name in ("download", "dirmap", "imagefolder"):
+    for name in ("download", "dirmap", "imagefolder", "train_guide", "score_difficulty"):
         assert (tmp_path / f"results/logs/digits/{name}.log").exists()
         assert (tmp_path / f"results/benchmarks/digits/{name}.tsv").exists()
+    scored = dirmap.read(tmp_path / "results/digits/difficulty/dirmap.csv")
+    assert scored["correct"].mean() > 0.8  # the guide model learnt the digits
+    for eps in ("0.5", "1", "2", "4"):
+        gain = dirmap.read(tmp_path / f"results/digits/stimuli/logit_eps{eps}/dirmap.csv")[
+            "logit_gain"
+        ]
+        assert gain.mean() > 0
+    summary = tmp_path / "results/digits/alignment_synthetic/summary.csv"
+    assert summary.exists() and pd.read_csv(summary)["synthetic"].all()
+    report = (tmp_path / "results/report.html").read_text(errors="replace")
+    assert "synthetic" in report
     assert nothing_to_do(tmp_path, config)
 
 
 def test_http_archive_with_checksum(tmp_path, archive_server):
     url = f"{archive_server.url}/shapes.tar.gz"
     config = _config(imagefolder_dataset(url, root="shapes", sha256=archive_server.sha256))
-    run_workflow(tmp_path, config)
+    _build(tmp_path, config)
     df = dirmap.read(tmp_path / "results/shapes/imagefolder/dirmap.csv")
     assert len(df) == 8 and set(df["class"]) == {"a", "b"}
     assert (tmp_path / "results/shapes/downloads/shapes.tar.gz").exists()
-    assert nothing_to_do(tmp_path, config)
+    assert "Nothing to be done" in _build(tmp_path, config, "--dry-run").stdout
 
 
 def test_http_archive_with_bad_checksum_fails_cleanly(tmp_path, archive_server):
     url = f"{archive_server.url}/shapes.tar.gz"
     config = _config(imagefolder_dataset(url, root="shapes", sha256="ab" * 32))
-    proc = run_workflow(tmp_path, config, check=False)
+    proc = _build(tmp_path, config, check=False)
     assert proc.returncode != 0
     log = (tmp_path / "results/logs/shapes/download.log").read_text()
     assert ("sha256 mismatch for shapes.tar.gz: expected " + "ab" * 32) in log
@@ -87,10 +110,10 @@ def test_interrupted_download_is_resumed_by_the_next_run(tmp_path, archive_serve
     config = _config(
         imagefolder_dataset(url, root="shapes", sha256=archive_server.sha256), retries=0
     )
-    assert run_workflow(tmp_path, config, check=False).returncode != 0
+    assert _build(tmp_path, config, check=False).returncode != 0
     assert (tmp_path / "results/shapes/downloads/shapes.tar.gz.part").stat().st_size == 200
     assert not (tmp_path / "results/shapes/raw").exists()
-    run_workflow(tmp_path, config)
+    _build(tmp_path, config)
     assert archive_server.requests[-1]["range"] == "bytes=200-"
     assert len(dirmap.read(tmp_path / "results/shapes/imagefolder/dirmap.csv")) == 8
 
@@ -102,7 +125,7 @@ def test_zip_with_path_traversal_is_refused(tmp_path):
         zf.writestr("../../escaped.txt", "gotcha")
     config = _config(imagefolder_dataset(f"file://{bad}"), name="evil")
     work = tmp_path / "work"
-    assert run_workflow(work, config, check=False).returncode != 0
+    assert _build(work, config, check=False).returncode != 0
     log = (work / "results/logs/evil/download.log").read_text()
     assert "member '../../escaped.txt' escapes the target folder" in log
     assert not list(tmp_path.rglob("escaped.txt"))
@@ -115,7 +138,7 @@ def test_corrupt_image_in_local_folder_is_skipped_and_reported(tmp_path):
     make_image(folder / "train/x/big.png", size=(50, 40))
     config = _config(imagefolder_dataset(str(folder), root="mydata"), name="local")
     config["datasets"]["local"]["build"] = {"resize": "crop", "size": 16, "format": "png"}
-    run_workflow(tmp_path / "work", config)
+    _build(tmp_path / "work", config)
     out = tmp_path / "work/results/local/imagefolder"
     skipped = pd.read_csv(out / "skipped.csv")
     assert skipped["im_path"].tolist() == ["raw/mydata/train/y/broken.jpg"]
@@ -131,7 +154,7 @@ def test_invalid_config_names_the_field(tmp_path):
     config = _config(
         {"sources": [{"url": "x", "sha256": "short"}], "definer": {"type": "imagefolder"}}
     )
-    proc = run_workflow(tmp_path, config, "--dry-run", check=False)
+    proc = _build(tmp_path, config, "--dry-run", check=False)
     assert proc.returncode != 0
     out = proc.stdout + proc.stderr
     assert "['sources'][0]['sha256']" in out and "does not match" in out
