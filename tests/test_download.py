@@ -121,3 +121,20 @@ def test_nested_archives_are_extracted_in_place(tmp_path):
         "ISIC_0000001.jpg",
         "metadata.csv",
     ]
+
+
+def test_s3_source_over_the_s3_protocol_with_resume(tmp_path):
+    import boto3
+    from s3server import moto_s3_server
+
+    data = _payload(200_000)
+    with moto_s3_server() as endpoint:
+        s3 = boto3.client("s3", endpoint_url=endpoint)
+        s3.create_bucket(Bucket="raw-data")
+        s3.put_object(Bucket="raw-data", Key="sets/blob.bin", Body=data)
+        src = Source("s3://raw-data/sets/blob.bin", md5=hashlib.md5(data).hexdigest())
+        (tmp_path / "dl").mkdir()
+        (tmp_path / "dl/blob.bin.part").write_bytes(data[:50_000])  # an interrupted earlier try
+        assert fetch(src, tmp_path / "dl", s3_endpoint_url=endpoint).read_bytes() == data
+        with pytest.raises(DownloadError, match="NoSuchKey"):
+            fetch(Source("s3://raw-data/missing.zip"), tmp_path / "dl", s3_endpoint_url=endpoint)

@@ -128,3 +128,19 @@ def test_a_hundred_thousand_images_do_not_mean_more_jobs(tmp_path):
     print(f"dry run over a 100,000-image dataset: {took:.1f} s, {sum(jobs.values())} jobs")
     small = planned_jobs(run_workflow(tmp_path / "work2", tiny_config(), "--dry-run"))
     assert jobs == small  # one job per stage (and per epsilon), never per image
+
+
+@pytest.mark.slow
+def test_real_human_trials_replace_the_simulation(finished, tmp_path):
+    work, config = finished
+    trials = tmp_path / "trials.csv"
+    synthetic = pd.read_csv(work / "results/digits/humans/trials_synthetic.csv")
+    synthetic.drop(columns=["synthetic", "p_correct", "latent_difficulty"]).to_csv(
+        trials, index=False
+    )
+    real = copy.deepcopy(config)
+    real["datasets"]["digits"]["humans"] = {"trials": str(trials)}
+    jobs = planned_jobs(run_workflow(work, real, "--dry-run"))
+    assert jobs == {"evaluate_alignment": 1, "all": 1}  # alignment_human; nothing simulated
+    run_workflow(work, real)
+    assert (work / "results/digits/alignment_human/summary.csv").exists()
