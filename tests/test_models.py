@@ -16,6 +16,7 @@ from lwise.models import (
     build_model,
     fold_batchnorm,
     head_name,
+    pad_input_channels,
     prepare_fast,
     replace_head,
 )
@@ -110,6 +111,21 @@ def test_fold_batchnorm_keeps_logits(arch, size):
         reference, fused = model(x), folded(x)
     assert reference.abs().max() > 0.1  # logits of a meaningful size
     assert torch.allclose(fused, reference, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize(("arch", "size"), [("resnet18", 64), ("small_cnn", 32)])
+def test_padded_stem_keeps_logits_and_input_gradients(arch, size):
+    torch.manual_seed(0)
+    model = fold_batchnorm(_random_bn_stats(build_model(arch, 10, MEAN, STD), seed=3))
+    padded = pad_input_channels(fold_batchnorm(model), channels=4)
+    first = next(m for m in padded.net.modules() if isinstance(m, nn.Conv2d))
+    assert first.in_channels == 4
+    x = torch.rand(2, 3, size, size, requires_grad=True)
+    (g_ref,) = torch.autograd.grad(model(x)[:, 1].sum(), [x])
+    out = padded(x)
+    (g_pad,) = torch.autograd.grad(out[:, 1].sum(), [x])
+    assert torch.allclose(out, model(x), atol=1e-5)
+    assert g_pad.shape == x.shape and torch.allclose(g_pad, g_ref, atol=1e-6)
 
 
 def test_prepare_fast_freezes_and_keeps_outputs():
