@@ -187,4 +187,6 @@ def load_model(
         model.net.load_state_dict(net_state)
     except RuntimeError as err:
         raise CheckpointError(f"{path} does not fit arch {arch!r}: {err}") from err
+    if isinstance(raw, Mapping) and raw.get("format") == FORMAT:
+        model.training_args = dict(raw.get("training_args") or {})
     return model.to(map_location).eval()

@@ -25,7 +25,7 @@ class DirmapError(ValueError):
     """A dirmap breaks the format; the message names the file and the first offending rows."""
 
 
-def _rows(df: pd.DataFrame, mask: pd.Series) -> str:
+def csv_lines(df: pd.DataFrame, mask: pd.Series) -> str:
     # CSV line numbers: the header is line 1.
     lines = [str(i + 2) for i in df.index[mask.to_numpy()][:MAX_LISTED]]
     more = int(mask.sum()) - len(lines)
@@ -45,18 +45,18 @@ def problems(df: pd.DataFrame, root: Path | None) -> list[str]:
     for col in REQUIRED:
         bad = df[col].isna()
         if bad.any():
-            out.append(f"empty '{col}' at line(s) {_rows(df, bad)}")
+            out.append(f"empty '{col}' at line(s) {csv_lines(df, bad)}")
     bad = ~df["split"].isin(SPLITS)
     if bad.any():
         values = sorted(set(df.loc[bad, "split"].astype(str)))[:MAX_LISTED]
         out.append(
             f"unknown split value(s) {values} (expected one of {list(SPLITS)}) "
-            f"at line(s) {_rows(df, bad)}"
+            f"at line(s) {csv_lines(df, bad)}"
         )
     nums = pd.to_numeric(df["class_num"], errors="coerce")
     bad = nums.isna() | (nums != nums.round())
     if bad.any():
-        out.append(f"'class_num' is not an integer at line(s) {_rows(df, bad)}")
+        out.append(f"'class_num' is not an integer at line(s) {csv_lines(df, bad)}")
     pairs = df[["class", "class_num"]].astype(str).drop_duplicates()
     for col, other in (("class", "class_num"), ("class_num", "class")):
         dup = pairs[pairs.duplicated(col, keep=False)]
@@ -66,17 +66,18 @@ def problems(df: pd.DataFrame, root: Path | None) -> list[str]:
             mask = df[col].astype(str) == key
             out.append(
                 f"'class'/'class_num' not one-to-one: {col} {key!r} has {other} {seen} "
-                f"at line(s) {_rows(df, mask)}"
+                f"at line(s) {csv_lines(df, mask)}"
             )
     dup = df["im_path"].duplicated(keep=False)
     if dup.any():
-        out.append(f"duplicate 'im_path' at line(s) {_rows(df, dup)}")
+        out.append(f"duplicate 'im_path' at line(s) {csv_lines(df, dup)}")
     if root is not None:
         exists = df["im_path"].map(lambda p: isinstance(p, str) and (root / p).is_file())
         if not exists.all():
             first = df.loc[~exists, "im_path"].iloc[0]
             out.append(
-                f"image file(s) missing at line(s) {_rows(df, ~exists)}, e.g. {root / str(first)}"
+                f"image file(s) missing at line(s) {csv_lines(df, ~exists)}, "
+                f"e.g. {root / str(first)}"
             )
     return out
 

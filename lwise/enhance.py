@@ -67,7 +67,7 @@ def _load(dirmap_csv, model_path, label_column, image_size, trusted):
     model = load_model(model_path, trusted=trusted).to(device)
     df = dirmap.read(dirmap_csv)
     label = label_column_for(df, model.num_classes, label_column)
-    size = image_size or model_input_size(model_path)
+    size = image_size or model_input_size(model)
     return device, model, df, label, size
 
 

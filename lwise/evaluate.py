@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from lwise import dirmap, humans, metrics
 from lwise.atomic import atomic_path, write_csv
-from lwise.dirmap import _rows as lines_of
+from lwise.dirmap import csv_lines
 from lwise.humans import ABSTAIN
 from lwise.imaging import load_rgb
 
@@ -98,7 +98,7 @@ def _match_keys(
     if dup.any():
         raise AlignmentDataError(
             f"{source}: several rows name the same image (ignoring the extension) at "
-            f"line(s) {lines_of(table, dup)}"
+            f"line(s) {csv_lines(table, dup)}"
         )
     row_of = pd.Series(table.index, index=stems.to_numpy())
     wanted_stems = pd.Index([_stem(k) for k in wanted])
@@ -123,7 +123,7 @@ def _finite_column(table: pd.DataFrame, column: str, source: object) -> pd.Serie
     if bad.any():
         raise AlignmentDataError(
             f"{source}: column '{column}' must hold finite numbers; not at line(s) "
-            f"{lines_of(table, bad)}"
+            f"{csv_lines(table, bad)}"
         )
     return values
 
@@ -138,7 +138,7 @@ def _bool_column(table: pd.DataFrame, column: str, source: object) -> pd.Series:
     if bad.any():
         raise AlignmentDataError(
             f"{source}: column '{column}' must be true/false or 0/1; not at line(s) "
-            f"{lines_of(table, bad)}"
+            f"{csv_lines(table, bad)}"
         )
     return text.isin(["true", "1", "1.0"])
 
@@ -767,7 +767,7 @@ def _check_trials(trials: pd.DataFrame, source, natural: pd.DataFrame, sets) -> 
     if unknown.any():
         raise AlignmentDataError(
             f"{source}: column 'condition': {sorted(set(trials.loc[unknown, 'condition']))[:5]} "
-            f"are not stimulus sets ({sorted(sets)}) at line(s) {lines_of(trials, unknown)}"
+            f"are not stimulus sets ({sorted(sets)}) at line(s) {csv_lines(trials, unknown)}"
         )
     for name, df in sets.items():
         in_set = trials["condition"] == name
@@ -775,7 +775,7 @@ def _check_trials(trials: pd.DataFrame, source, natural: pd.DataFrame, sets) -> 
         if missing.any():
             raise AlignmentDataError(
                 f"{source}: column 'image': {sorted(set(trials.loc[missing, 'image']))[:3]} not "
-                f"in stimulus set '{name}' at line(s) {lines_of(trials, missing)}"
+                f"in stimulus set '{name}' at line(s) {csv_lines(trials, missing)}"
             )
     if "class" in trials.columns:
         truth = trials["image"].map(natural.set_index("im_path")["class"].astype(str))
@@ -783,7 +783,7 @@ def _check_trials(trials: pd.DataFrame, source, natural: pd.DataFrame, sets) -> 
         if wrong.any():
             raise AlignmentDataError(
                 f"{source}: column 'class' disagrees with the natural dirmap's class at "
-                f"line(s) {lines_of(trials, wrong)}"
+                f"line(s) {csv_lines(trials, wrong)}"
             )
 
 
@@ -815,7 +815,7 @@ def _read_probabilities(
     if bad.any():
         raise AlignmentDataError(
             f"{path}: probabilities must be non-negative with a positive sum over the classes "
-            f"{list(classes)[:5]}...; not at line(s) {lines_of(table, bad)}"
+            f"{list(classes)[:5]}...; not at line(s) {csv_lines(table, bad)}"
         )
     rows = _match_keys(table, path, keys, key_root, "natural")
     values = values.loc[rows.to_numpy()].set_axis(rows.index)
@@ -922,7 +922,7 @@ def evaluate_alignment(
                 if stray.any():
                     raise AlignmentDataError(
                         f"{label_distributions_csv}: column 'image': not natural-set keys at "
-                        f"line(s) {lines_of(human, stray)}"
+                        f"line(s) {csv_lines(human, stray)}"
                     )
             else:
                 human = humans.response_distributions(natural_trials, classes)

@@ -25,7 +25,7 @@ import pandas as pd
 from scipy.special import expit
 
 from lwise.atomic import write_csv
-from lwise.dirmap import _rows as lines_of
+from lwise.dirmap import csv_lines
 
 REQUIRED = ("participant", "image", "condition", "response", "correct")
 OPTIONAL = ("rt", "trial", "block", "class", "synthetic")
@@ -57,7 +57,7 @@ def _trial_problems(raw: pd.DataFrame, classes: Sequence[str] | None) -> list[st
     for col in REQUIRED:
         bad = raw[col] == ""
         if bad.any():
-            out.append(f"column '{col}': empty at line(s) {lines_of(raw, bad)}")
+            out.append(f"column '{col}': empty at line(s) {csv_lines(raw, bad)}")
     for col in ("correct", "synthetic"):
         if col not in raw.columns:
             continue
@@ -65,7 +65,7 @@ def _trial_problems(raw: pd.DataFrame, classes: Sequence[str] | None) -> list[st
         if bad.any():
             out.append(
                 f"column '{col}': expected 0/1 or true/false, got {_values(raw[col], bad)} "
-                f"at line(s) {lines_of(raw, bad)}"
+                f"at line(s) {csv_lines(raw, bad)}"
             )
     flag = raw["correct"].str.lower()
     known = set(classes) if classes is not None else None
@@ -75,7 +75,7 @@ def _trial_problems(raw: pd.DataFrame, classes: Sequence[str] | None) -> list[st
             if bad.any():
                 out.append(
                     f"column 'class': unknown class(es) {_values(raw['class'], bad)} "
-                    f"(expected one of {sorted(known)}) at line(s) {lines_of(raw, bad)}"
+                    f"(expected one of {sorted(known)}) at line(s) {csv_lines(raw, bad)}"
                 )
         else:
             known = set(raw["class"]) - {""}
@@ -84,14 +84,14 @@ def _trial_problems(raw: pd.DataFrame, classes: Sequence[str] | None) -> list[st
         if disagree.any():
             out.append(
                 "column 'correct': disagrees with response == class at line(s) "
-                f"{lines_of(raw, disagree)}"
+                f"{csv_lines(raw, disagree)}"
             )
     if known is not None:
         bad = (raw["response"] != "") & ~raw["response"].isin(known | {ABSTAIN})
         if bad.any():
             out.append(
                 f"column 'response': expected a class name or '{ABSTAIN}', got "
-                f"{_values(raw['response'], bad)} at line(s) {lines_of(raw, bad)}"
+                f"{_values(raw['response'], bad)} at line(s) {csv_lines(raw, bad)}"
             )
     for col, integer in (("rt", False), ("trial", True), ("block", True)):
         if col not in raw.columns:
@@ -102,12 +102,14 @@ def _trial_problems(raw: pd.DataFrame, classes: Sequence[str] | None) -> list[st
             kind = "a non-negative integer" if integer else "a non-negative number"
             out.append(
                 f"column '{col}': expected {kind}, got {_values(raw[col], bad)} "
-                f"at line(s) {lines_of(raw, bad)}"
+                f"at line(s) {csv_lines(raw, bad)}"
             )
     if "trial" in raw.columns:
         dup = (raw["trial"] != "") & raw.duplicated(["participant", "trial"], keep=False)
         if dup.any():
-            out.append(f"columns 'participant'+'trial': duplicated at line(s) {lines_of(raw, dup)}")
+            out.append(
+                f"columns 'participant'+'trial': duplicated at line(s) {csv_lines(raw, dup)}"
+            )
     return out
 
 
@@ -194,10 +196,10 @@ def validate_label_distributions(
     problems = []
     bad = raw["image"] == ""
     if bad.any():
-        problems.append(f"column 'image': empty at line(s) {lines_of(raw, bad)}")
+        problems.append(f"column 'image': empty at line(s) {csv_lines(raw, bad)}")
     dup = (raw["image"] != "") & raw["image"].duplicated(keep=False)
     if dup.any():
-        problems.append(f"column 'image': duplicated at line(s) {lines_of(raw, dup)}")
+        problems.append(f"column 'image': duplicated at line(s) {csv_lines(raw, dup)}")
     values = raw[value_cols].apply(
         lambda col: pd.to_numeric(col.replace("", np.nan), errors="coerce")
     )
@@ -206,7 +208,7 @@ def validate_label_distributions(
         if bad.any():
             problems.append(
                 f"column '{col}': expected a non-negative number, got "
-                f"{_values(raw[col], bad)} at line(s) {lines_of(raw, bad)}"
+                f"{_values(raw[col], bad)} at line(s) {csv_lines(raw, bad)}"
             )
     _raise(source, "label distributions", problems)
     totals = values.sum(axis=1)
@@ -218,7 +220,7 @@ def validate_label_distributions(
         problems.append(
             f"rows must sum to 1 (probabilities, tolerance {tolerance}) or hold whole-number "
             f"counts with a positive total; sums {sorted(set(totals[bad].round(6)))[:5]} "
-            f"at line(s) {lines_of(raw, bad)}"
+            f"at line(s) {csv_lines(raw, bad)}"
         )
     _raise(source, "label distributions", problems)
     out = df.copy()

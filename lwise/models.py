@@ -54,6 +54,7 @@ class ImageClassifier(nn.Module):
         self.arch = arch
         self.num_classes = num_classes
         self.class_names = list(class_names) if class_names is not None else None
+        self.training_args: dict = {}  # filled by lwise.checkpoints.load_model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(self.normalize(x))

@@ -42,7 +42,7 @@ from tqdm import tqdm
 
 from lwise import dirmap
 from lwise.atomic import write_csv, write_text
-from lwise.dirmap import _rows as lines_of
+from lwise.dirmap import csv_lines
 
 log = logging.getLogger(__name__)
 
@@ -367,7 +367,7 @@ def _object_keys(df: pd.DataFrame, source: Path, prefix: str) -> pd.Series:
     if bad.any():
         raise dirmap.DirmapError(
             f"{source}: 'im_path' must be relative and stay inside the image root "
-            f"(no '..', no drive) at line(s) {lines_of(df, bad)}"
+            f"(no '..', no drive) at line(s) {csv_lines(df, bad)}"
         )
     return prefix + paths
 

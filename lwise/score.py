@@ -95,7 +95,7 @@ def score(
         raise ValueError(f"difficulty_scope {difficulty_scope!r}: expected 'dataset' or 'class'")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = load_model(model_path, trusted=trusted).to(device)
-    size = image_size or model_input_size(model_path)
+    size = image_size or model_input_size(model)
     df = dirmap.read(dirmap_csv)
     label = label_column_for(df, model.num_classes, label_column)
     data = DirmapImages(df, Path(dirmap_csv).parent, eval_transform(size), label)
@@ -138,12 +138,9 @@ def score(
     return out
 
 
-def model_input_size(model_path: str | os.PathLike) -> int:
-    """The image size a checkpoint was trained at (224, L-WISE's, when it does not say)."""
-    raw = torch.load(model_path, map_location="cpu", weights_only=True)
-    return (
-        int(raw.get("training_args", {}).get("image_size", 224)) if isinstance(raw, dict) else 224
-    )
+def model_input_size(model: ImageClassifier) -> int:
+    """The image size a model was trained at (224, L-WISE's, when its checkpoint does not say)."""
+    return int(model.training_args.get("image_size", 224))
 
 
 def accuracy_table(scored: pd.DataFrame, label: str) -> pd.DataFrame:

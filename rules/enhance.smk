@@ -18,6 +18,7 @@ rule natural_stimuli:
         runtime=120,
     params:
         enhance=natural_settings,
+        trusted=guide_trusted,
     script:
         "../workflow/scripts/natural_stimuli.py"
 

@@ -1,3 +1,4 @@
+from lwise.checkpoints import load_model
 from lwise.enhance import write_natural
 from lwise.logs import script_logging
 from lwise.score import model_input_size
@@ -8,7 +9,9 @@ with script_logging(snakemake.log[0]):
         snakemake.input.dirmap,
         snakemake.output[0],
         key_root=snakemake.input.images,
-        image_size=model_input_size(snakemake.input.model),
+        image_size=model_input_size(
+            load_model(snakemake.input.model, trusted=snakemake.params.trusted)
+        ),
         fmt=cfg["format"],
         jpeg_quality=cfg["jpeg_quality"],
         workers=snakemake.threads,
