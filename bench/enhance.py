@@ -32,7 +32,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from lwise import dirmap
-from lwise.attacks import pgd
+from lwise.attacks import FAST_DTYPES, pgd
 from lwise.checkpoints import load_model
 from lwise.data import DirmapImages, eval_transform
 from lwise.models import ImageClassifier, Normalize, prepare_fast
@@ -75,6 +75,11 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--fast-batches", default="64,128,256")
     parser.add_argument(
+        "--fast-dtypes",
+        default="float16,bfloat16",
+        help="comma-separated half precisions of the fast mode, each measured (first: scoring)",
+    )
+    parser.add_argument(
         "--compile",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -107,6 +112,9 @@ def parse_args() -> argparse.Namespace:
         args.score_images, args.score_batch, args.workers = 16, 8, 2
         args.train_images, args.train_batch, args.train_steps = 16, 8, 2
     args.fast_batches = [int(b) for b in args.fast_batches.split(",")]
+    args.fast_dtypes = args.fast_dtypes.split(",")
+    if set(args.fast_dtypes) - set(FAST_DTYPES):
+        parser.error(f"--fast-dtypes: valid values are {', '.join(FAST_DTYPES)}")
     args.parts = args.parts.split(",")
     unknown = set(args.parts) - set(PARTS)
     if unknown:
@@ -183,13 +191,14 @@ def gt_logits(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int) ->
         )
 
 
-def enhance_all(model, x, y, batch: int, mode: str, args, steps: int | None = None):
+def enhance_all(model, x, y, batch: int, mode: str, dtype: str, args, steps: int | None = None):
     kwargs = {
         "eps": args.eps,
         "step_size": args.step_size,
         "steps": args.steps if steps is None else steps,
         "objective": args.objective,
         "mode": mode,
+        "fast_dtype": dtype,
     }
     return torch.cat(
         [
@@ -199,28 +208,29 @@ def enhance_all(model, x, y, batch: int, mode: str, args, steps: int | None = No
     )
 
 
-def bench_enhance(args, device, model, fast_model, x, y) -> dict:
+def bench_enhance(args, device, model, fast_models, x, y) -> dict:
     clean = gt_logits(model, x, y, args.reference_batch)
     gains = {}
 
-    def run(net: nn.Module, batch: int, mode: str) -> dict:
+    def run(net: nn.Module, batch: int, mode: str, dtype: str) -> dict:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         # Warm-up on one batch: torch.compile, cuDNN autotuning.
-        timed(device, lambda: enhance_all(net, x[:batch], y[:batch], batch, mode, args, steps=2))
-        out, seconds = timed(device, lambda: enhance_all(net, x, y, batch, mode, args))
+        timed(device, lambda: enhance_all(net, x[:batch], y[:batch], batch, mode, dtype, args, 2))
+        out, seconds = timed(device, lambda: enhance_all(net, x, y, batch, mode, dtype, args))
         # Gains are always measured with the fp32 reference model.
-        gains[mode, batch] = gt_logits(model, out, y, args.reference_batch) - clean
+        name = "reference" if mode == "reference" else f"fast {dtype}"
+        gains[name, batch] = gt_logits(model, out, y, args.reference_batch) - clean
         row = {
-            "mode": mode,
+            "mode": name,
             "batch": batch,
             "images_per_s": len(x) / seconds,
-            "gt_logit_gain": gains[mode, batch].mean().item(),
+            "gt_logit_gain": gains[name, batch].mean().item(),
         }
         if device.type == "cuda":
             row["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
         print(
-            f"  {mode:<10} batch {batch:>4}: {row['images_per_s']:8.1f} images/s, "
+            f"  {name:<14} batch {batch:>4}: {row['images_per_s']:8.1f} images/s, "
             f"mean GT-logit gain {row['gt_logit_gain']:.4f}"
             + (f", peak {row['peak_gib']:.1f} GiB" if "peak_gib" in row else ""),
             flush=True,
@@ -233,27 +243,30 @@ def bench_enhance(args, device, model, fast_model, x, y) -> dict:
         flush=True,
     )
     with fp32_precision(args.reference_precision):
-        ref = run(model, args.reference_batch, "reference")
-    fast_rows = [run(fast_model, b, "fast") for b in args.fast_batches]
-    best = max(fast_rows, key=lambda r: r["images_per_s"])
-    # PGD trajectories on a random-init network are chaotic (fp32 and fp64 runs differ per image
-    # by ~30 % on the CPU), so the gap between mean gains comes with its standard error.
-    diff = gains["fast", best["batch"]] - gains["reference", ref["batch"]]
-    scale = abs(ref["gt_logit_gain"])
-    results = {
-        "reference": ref,
-        "fast": best,
-        "fast_all": fast_rows,
-        "speedup": best["images_per_s"] / ref["images_per_s"],
-        "gain_rel_diff": abs(diff.mean().item()) / scale,
-        "gain_rel_diff_stderr": diff.std().item() / len(diff) ** 0.5 / scale,
-    }
-    print(
-        f"  fast (batch {best['batch']}) / reference: {results['speedup']:.2f}x images/s; "
-        f"GT-logit gain relative difference {100 * results['gain_rel_diff']:.2f} % "
-        f"(standard error {100 * results['gain_rel_diff_stderr']:.2f} %)",
-        flush=True,
-    )
+        ref = run(model, args.reference_batch, "reference", args.fast_dtypes[0])
+    results = {"reference": ref, "fast": {}}
+    for dtype, fast_model in fast_models.items():
+        rows = [run(fast_model, b, "fast", dtype) for b in args.fast_batches]
+        best = max(rows, key=lambda r: r["images_per_s"])
+        # PGD trajectories on a random-init network are chaotic (fp32 runs with other cuDNN
+        # algorithms differ per image), so the gap between mean gains comes with its standard
+        # error.
+        diff = gains[best["mode"], best["batch"]] - gains["reference", ref["batch"]]
+        scale = abs(ref["gt_logit_gain"])
+        results["fast"][dtype] = {
+            "best": best,
+            "all": rows,
+            "speedup": best["images_per_s"] / ref["images_per_s"],
+            "gain_rel_diff": diff.mean().item() / scale,
+            "gain_rel_diff_stderr": diff.std().item() / len(diff) ** 0.5 / scale,
+        }
+        r = results["fast"][dtype]
+        print(
+            f"  fast {dtype} (batch {best['batch']}) / reference: {r['speedup']:.2f}x images/s;"
+            f" GT-logit gain relative difference {100 * r['gain_rel_diff']:+.2f} % "
+            f"(standard error {100 * r['gain_rel_diff_stderr']:.2f} %)",
+            flush=True,
+        )
     return results
 
 
@@ -278,10 +291,11 @@ def synthetic_dirmap(
     return dirmap.write(pd.DataFrame(rows), root / "dirmap.csv")
 
 
-def bench_scoring(args, device, fast_model, gen) -> dict:
+def bench_scoring(args, device, fast_model, dtype: str, gen) -> dict:
     """Forward-only logits of JPEG files as `lwise.score` computes them, decoding included."""
     print(
-        f"scoring: {args.score_images} JPEGs, batch {args.score_batch}, {args.workers} workers",
+        f"scoring: {args.score_images} JPEGs, batch {args.score_batch}, {args.workers} workers,"
+        f" {dtype}",
         flush=True,
     )
     with tempfile.TemporaryDirectory() as tmp:
@@ -298,7 +312,7 @@ def bench_scoring(args, device, fast_model, gen) -> dict:
         # compiles) the model on every call, so it is not called twice here.
         def score_epoch() -> torch.Tensor:
             logits = []
-            with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16):
+            with torch.no_grad(), torch.autocast(device.type, dtype=FAST_DTYPES[dtype]):
                 for images, _, _ in loader:
                     images = images.to(device, non_blocking=True)
                     logits.append(
@@ -313,7 +327,7 @@ def bench_scoring(args, device, fast_model, gen) -> dict:
         batch = next(iter(loader))[0].to(device).contiguous(memory_format=torch.channels_last)
 
         def forward_only() -> None:
-            with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16):
+            with torch.no_grad(), torch.autocast(device.type, dtype=FAST_DTYPES[dtype]):
                 for _ in range(len(loader)):
                     fast_model(batch)
 
@@ -386,7 +400,11 @@ def main() -> None:
         )
     else:
         model = make_model(args, x[:64])
-    fast_model = prepare_fast(model, compile=args.compile, compile_mode=args.compile_mode)
+    # One prepared (compiled) model per half precision, as each job of the workflow has one.
+    fast_models = {
+        dtype: prepare_fast(model, compile=args.compile, compile_mode=args.compile_mode)
+        for dtype in args.fast_dtypes
+    }
     env = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__,
@@ -399,9 +417,10 @@ def main() -> None:
     print(" ".join(f"{k}={v}" for k, v in env.items()), flush=True)
     results = {"env": env}
     if "enhance" in args.parts:
-        results["enhance"] = bench_enhance(args, device, model, fast_model, x, y)
+        results["enhance"] = bench_enhance(args, device, model, fast_models, x, y)
     if "scoring" in args.parts:
-        results["scoring"] = bench_scoring(args, device, fast_model, gen)
+        dtype = args.fast_dtypes[0]
+        results["scoring"] = bench_scoring(args, device, fast_models[dtype], dtype, gen)
     if "training" in args.parts:
         results["training"] = bench_training(args, gen)
     if args.json:

@@ -118,6 +118,7 @@ def enhance(
     batch_size: int = 64,
     workers: int = 4,
     mode: str | None = None,
+    fast_dtype: str = "float16",
     trusted: bool = False,
 ) -> pd.DataFrame:
     """Enhance (or, with direction="attack", disrupt) every image of the dirmap.
@@ -158,7 +159,7 @@ def enhance(
             adv = pgd(
                 net, x, y, eps=eps, step_size=step_size, steps=steps, constraint=constraint,
                 objective=objective, direction=direction, competitors=competitors,
-                views=multiview, mode=mode,
+                views=multiview, mode=mode, fast_dtype=fast_dtype,
             )  # fmt: skip
             natural_q, adv_q = quantise(x), quantise(adv)
             with torch.no_grad():

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from lwise import dirmap
 from lwise.atomic import atomic_path, write_csv
+from lwise.attacks import FAST_DTYPES
 from lwise.checkpoints import load_model
 from lwise.data import DirmapImages, eval_transform
 from lwise.models import ImageClassifier, prepare_fast
@@ -57,20 +58,33 @@ def min_max_difficulty(logit: pd.Series, groups: pd.Series | None = None) -> pd.
 
 
 def model_outputs(
-    model: ImageClassifier, loader: DataLoader, device: torch.device, fast: bool
+    model: ImageClassifier,
+    loader: DataLoader,
+    device: torch.device,
+    fast: bool,
+    fast_dtype: str = "float16",
 ) -> torch.Tensor:
-    """Logits (float32, on the CPU) for every image of `loader`, in order."""
+    """Logits (float32, on the CPU) for every image of `loader`, in order.
+
+    `fast` runs the `prepare_fast` model under autocast to `fast_dtype`.
+    """
     net = prepare_fast(model) if fast else model.eval()
+    autocast = torch.autocast(device.type, dtype=FAST_DTYPES[fast_dtype], enabled=fast)
     out = []
-    with torch.no_grad():
+    with torch.no_grad(), autocast:
         for x, _, _ in tqdm(loader, desc="scoring"):
             x = x.to(device, non_blocking=True)
             if fast:
-                with torch.autocast("cuda", dtype=torch.bfloat16):
-                    out.append(net(x.contiguous(memory_format=torch.channels_last)).float().cpu())
-            else:
-                out.append(net(x).float().cpu())
-    return torch.cat(out)
+                x = x.contiguous(memory_format=torch.channels_last)
+            out.append(net(x).float().cpu())
+    logits = torch.cat(out)
+    bad = (~torch.isfinite(logits).all(1)).nonzero()[:, 0].tolist()
+    if bad:
+        hint = f" in {fast_dtype}: set fast_dtype bfloat16" if fast else ""
+        raise FloatingPointError(
+            f"non-finite logits for {len(bad)} image(s) (dirmap rows {bad[:10]}, 0-based){hint}"
+        )
+    return logits
 
 
 def score(
@@ -89,8 +103,12 @@ def score(
     batch_size: int = 256,
     workers: int = 4,
     trusted: bool = False,
+    fast_dtype: str = "float16",
 ) -> pd.DataFrame:
-    """Score every image; write a new dirmap with the score columns and `difficulty`."""
+    """Score every image; write a new dirmap with the score columns and `difficulty`.
+
+    On a GPU the model runs fast (`lwise.models.prepare_fast`, autocast to `fast_dtype`).
+    """
     if difficulty_scope not in ("dataset", "class"):
         raise ValueError(f"difficulty_scope {difficulty_scope!r}: expected 'dataset' or 'class'")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -102,7 +120,7 @@ def score(
     loader = DataLoader(
         data, batch_size=batch_size, num_workers=workers, pin_memory=device.type == "cuda"
     )
-    logits = model_outputs(model, loader, device, fast=device.type == "cuda")
+    logits = model_outputs(model, loader, device, device.type == "cuda", fast_dtype)
     y = data.labels
     gt = logits.gather(1, y[:, None])[:, 0]  # over all classes, as the reference
     considered = logits

@@ -143,11 +143,24 @@ def _world() -> tuple[int, int, int]:
     )
 
 
+def _check_gpu_count(processes: int) -> None:
+    """One process per GPU: more processes than visible GPUs is a configuration error (on a
+    machine without CUDA, the processes share the CPU instead)."""
+    visible = torch.cuda.device_count()
+    if torch.cuda.is_available() and processes > visible:
+        raise ValueError(
+            f"{processes} training processes (guide.gpus) but {visible} visible GPU(s) "
+            f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}): give "
+            "the rule as many GPUs as processes"
+        )
+
+
 def _setup_device() -> tuple[torch.device, int, int]:
     rank, local_rank, world = _world()
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     if torch.cuda.is_available():
+        _check_gpu_count(world)
         torch.cuda.set_device(local_rank)
         return torch.device("cuda", local_rank), rank, world
     return torch.device("cpu"), rank, world
@@ -219,12 +232,13 @@ def _rng_state() -> dict:
 
 
 def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
+    # RNG states are CPU byte tensors, whatever map_location the checkpoint was loaded with.
+    torch.set_rng_state(state["torch"].cpu())
     random.setstate(state["python"])
     kind, keys, *rest = state["numpy"]
-    np.random.set_state((kind, keys.numpy(), *rest))
+    np.random.set_state((kind, keys.cpu().numpy(), *rest))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
 def _attack(

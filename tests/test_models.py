@@ -1,24 +1,29 @@
 """Model registry, normalisation, head replacement, BatchNorm folding and checkpoints."""
 
 import argparse
+import copy
 import logging
 
 import pytest
 import timm
 import torch
 import torchvision
-from torch import nn
+from torch import fx, nn
+from torch.nn import functional as F
 
 from lwise.checkpoints import CheckpointError, load_model, save_checkpoint
 from lwise.models import (
+    ConvReLU,
+    ImageClassifier,
     Normalize,
     SmallCNN,
     build_model,
     fold_batchnorm,
+    fuse_conv_relu,
     head_name,
-    pad_input_channels,
     prepare_fast,
     replace_head,
+    space_to_depth_stem,
 )
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
@@ -113,19 +118,78 @@ def test_fold_batchnorm_keeps_logits(arch, size):
     assert torch.allclose(fused, reference, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize(("arch", "size"), [("resnet18", 64), ("small_cnn", 32)])
-def test_padded_stem_keeps_logits_and_input_gradients(arch, size):
+@pytest.mark.parametrize(
+    ("kernel", "stride", "padding", "size"),
+    [(7, 2, 3, 37), (7, 2, 3, 40), (4, 4, 0, 35), (3, 2, 1, 33), (5, 3, 2, 31), (2, 2, 0, 16)],
+)
+def test_space_to_depth_stem_is_the_same_convolution(kernel, stride, padding, size):
     torch.manual_seed(0)
-    model = fold_batchnorm(_random_bn_stats(build_model(arch, 10, MEAN, STD), seed=3))
-    padded = pad_input_channels(fold_batchnorm(model), channels=4)
-    first = next(m for m in padded.net.modules() if isinstance(m, nn.Conv2d))
-    assert first.in_channels == 4
-    x = torch.rand(2, 3, size, size, requires_grad=True)
-    (g_ref,) = torch.autograd.grad(model(x)[:, 1].sum(), [x])
-    out = padded(x)
-    (g_pad,) = torch.autograd.grad(out[:, 1].sum(), [x])
-    assert torch.allclose(out, model(x), atol=1e-5)
-    assert g_pad.shape == x.shape and torch.allclose(g_pad, g_ref, atol=1e-6)
+    net = nn.Sequential(nn.Conv2d(3, 5, kernel, stride, padding), nn.ReLU(), nn.Conv2d(5, 2, 1))
+    model = ImageClassifier(fx.symbolic_trace(net), Normalize(MEAN, STD), arch="t", num_classes=2)
+    model = model.double().eval()
+    s2d = space_to_depth_stem(copy.deepcopy(model))
+    stem = s2d.net.get_submodule("0")
+    assert stem.stride == (1, 1) and stem.in_channels % 8 == 0
+    assert stem.in_channels >= 3 * stride * stride
+    x = torch.rand(2, 3, size, size + 3, dtype=torch.double, requires_grad=True)
+    out, ref = s2d(x), model(x)
+    assert out.shape == ref.shape
+    (g, g_ref) = (torch.autograd.grad(o.square().sum(), [x])[0] for o in (out, ref))
+    assert torch.allclose(out, ref, atol=1e-12) and torch.allclose(g, g_ref, atol=1e-12)
+
+
+def test_space_to_depth_leaves_other_stems_alone():
+    for conv in (nn.Conv2d(3, 4, 3, 1, 1), nn.Conv2d(16, 4, 3, 2, 1), nn.Conv2d(3, 4, 3, 2, 2, 2)):
+        net = fx.symbolic_trace(nn.Sequential(conv))
+        model = space_to_depth_stem(
+            ImageClassifier(net, Normalize(MEAN, STD), arch="t", num_classes=4)
+        )
+        assert model.net.get_submodule("0") is conv and not hasattr(model.net, "space_to_depth")
+
+
+class _Residual(nn.Module):
+    """relu(conv(x) + branch(x)) three ways, and a ReLU whose convolution has two users."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c, self.d = (nn.Conv2d(4, 4, 3, 1, 1) for _ in range(4))
+
+    def forward(self, x):
+        h = F.relu(self.a(x) + x)  # conv + residual
+        h = torch.relu(h + self.b(h))  # residual + conv
+        shared = self.c(h)
+        return (shared.relu() + shared) * nn.functional.relu(self.d(h))
+
+
+def test_fuse_conv_relu_keeps_outputs_and_gradients():
+    torch.manual_seed(0)
+    model = ImageClassifier(
+        fx.symbolic_trace(_Residual()), Normalize([0.5] * 4, [0.5] * 4), arch="t", num_classes=4
+    ).double()
+    fused = fuse_conv_relu(copy.deepcopy(model)).requires_grad_(False)
+    kinds = {name: type(m) for name, m in fused.net.named_children()}
+    assert kinds == {"a": ConvReLU, "b": ConvReLU, "c": nn.Conv2d, "d": ConvReLU}
+    model.requires_grad_(False)
+    x = torch.randn(2, 4, 9, 9, dtype=torch.double, requires_grad=True)
+    out, ref = fused(x), model(x)
+    (g, g_ref) = (torch.autograd.grad(o.sin().sum(), [x])[0] for o in (out, ref))
+    assert torch.allclose(out, ref, atol=1e-12) and torch.allclose(g, g_ref, atol=1e-12)
+    with pytest.raises(RuntimeError, match="frozen"):
+        fused.requires_grad_(True)(x)
+
+
+@pytest.mark.parametrize(("arch", "fused_layers"), [("resnet18", 17), ("timm:resnet18", 9)])
+def test_fast_resnet_keeps_logits_and_input_gradients(arch, fused_layers):
+    model = _random_bn_stats(build_model(arch, 10, MEAN, STD), seed=3).double()
+    fast = prepare_fast(model, compile=False)
+    assert sum(isinstance(m, ConvReLU) for m in fast.modules()) == fused_layers
+    assert hasattr(fast.net, "space_to_depth")
+    model.requires_grad_(False)
+    x = torch.rand(2, 3, 64, 64, dtype=torch.double, requires_grad=True)
+    out, ref = fast(x), model(x)
+    (g, g_ref) = (torch.autograd.grad(o[:, 1].sum(), [x])[0] for o in (out, ref))
+    assert ref.abs().max() > 0.1
+    assert torch.allclose(out, ref, atol=1e-10) and torch.allclose(g, g_ref, atol=1e-10)
 
 
 def test_prepare_fast_freezes_and_keeps_outputs():

@@ -41,7 +41,7 @@ def test_small_robust_model_beats_chance(digits_model):
     assert model.num_classes == 10 and model.class_names == [str(i) for i in range(10)]
 
 
-def _start(folder, out, cfg):
+def _start(folder, out, cfg, device="cpu"):
     (out / "cfg.json").parent.mkdir(parents=True, exist_ok=True)
     (out / "cfg.json").write_text(json.dumps(cfg))
     cmd = [
@@ -49,13 +49,28 @@ def _start(folder, out, cfg):
         "--out-model", str(out / "model.pt"), "--out-metrics", str(out / "metrics.csv"),
         "--state-dir", str(out / "state"), "--config", str(out / "cfg.json"),
     ]  # fmt: skip
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    env = dict(os.environ)
+    if device == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    return subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env
+    )
 
 
 @pytest.mark.slow
-def test_killed_training_resumes_the_same_schedule(digits_folder, tmp_path):
+@pytest.mark.parametrize(
+    "device",
+    [
+        "cpu",
+        pytest.param(
+            "cuda",
+            marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU"),
+        ),
+    ],
+)
+def test_killed_training_resumes_the_same_schedule(digits_folder, tmp_path, device):
     cfg = {**SMALL_TRAIN, "epochs": 4, "adversarial": False, "eval_every": 2}
-    proc = _start(digits_folder, tmp_path / "killed", cfg)
+    proc = _start(digits_folder, tmp_path / "killed", cfg, device)
     state = tmp_path / "killed/state/last.pt"
     deadline = time.time() + 300
     while time.time() < deadline:
@@ -66,15 +81,17 @@ def test_killed_training_resumes_the_same_schedule(digits_folder, tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (tmp_path / "killed/model.pt").exists()
-    resumed = _start(digits_folder, tmp_path / "killed", cfg)
+    resumed = _start(digits_folder, tmp_path / "killed", cfg, device)
     assert resumed.wait() == 0, resumed.stderr.read()
     assert "resuming after epoch" in resumed.stderr.read()
-    straight = _start(digits_folder, tmp_path / "straight", cfg)
+    straight = _start(digits_folder, tmp_path / "straight", cfg, device)
     assert straight.wait() == 0
     a = pd.read_csv(tmp_path / "killed/metrics.csv")
     b = pd.read_csv(tmp_path / "straight/metrics.csv")
     assert list(a["epoch"]) == [1, 2, 3, 4]
     pd.testing.assert_series_equal(a["lr"], b["lr"])
+    if device == "cuda":  # cuDNN kernels are not bitwise reproducible across runs
+        return
     pd.testing.assert_series_equal(a["train_loss"], b["train_loss"], rtol=1e-5)
     wa = load_model(tmp_path / "killed/model.pt").state_dict()
     wb = load_model(tmp_path / "straight/model.pt").state_dict()
@@ -97,7 +114,8 @@ def test_fine_tune_replaces_head_and_freezes(digits_folder, tmp_path):
 
 
 @pytest.mark.slow
-def test_two_processes_train_with_ddp_on_cpu(digits_folder, tmp_path):
+def test_two_processes_train_with_ddp_on_cpu(digits_folder, tmp_path, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # CPU processes (gloo) on any machine
     cfg = TrainConfig.from_dict({**SMALL_TRAIN, "epochs": 1, "adversarial": False})
     run_training(
         digits_folder / "dirmap.csv",

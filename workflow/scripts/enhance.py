@@ -20,6 +20,7 @@ with script_logging(snakemake.log[0]), acquire_gpus(gpus_requested(snakemake.res
         fmt=cfg["format"],
         jpeg_quality=cfg["jpeg_quality"],
         batch_size=cfg["batch_size"],
+        fast_dtype=cfg["fast_dtype"],
         workers=snakemake.threads,
         trusted=snakemake.params.trusted,
     )
