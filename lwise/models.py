@@ -174,6 +174,15 @@ def replace_head(model: ImageClassifier, num_classes: int) -> ImageClassifier:
     return model
 
 
+def _module_uses(graph: fx.Graph) -> dict[str, int]:
+    """How many call sites each submodule has (a shared module must not be rewritten)."""
+    uses: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            uses[node.target] = uses.get(node.target, 0) + 1
+    return uses
+
+
 def _foldable(conv_node: object, modules: dict[str, nn.Module], uses: dict[str, int]) -> bool:
     if not (isinstance(conv_node, fx.Node) and conv_node.op == "call_module"):
         return False
@@ -199,10 +208,7 @@ def fold_batchnorm(model: ImageClassifier) -> ImageClassifier:
         log.warning("BatchNorm not folded: cannot trace %s (%s)", model.arch, err)
         return model
     modules = dict(graph_module.named_modules())
-    uses: dict[str, int] = {}
-    for node in graph_module.graph.nodes:
-        if node.op == "call_module":
-            uses[node.target] = uses.get(node.target, 0) + 1
+    uses = _module_uses(graph_module.graph)
     for node in list(graph_module.graph.nodes):
         if node.op != "call_module" or type(modules[node.target]) is not nn.BatchNorm2d:
             continue
@@ -273,10 +279,9 @@ def space_to_depth_stem(model: ImageClassifier) -> ImageClassifier:
     if others or first.op != "call_module":
         return model
     conv = net.get_submodule(first.target)
-    shared = sum(n.op == "call_module" and n.target == first.target for n in net.graph.nodes)
     if (
         type(conv) is not nn.Conv2d
-        or shared > 1
+        or _module_uses(net.graph)[first.target] > 1
         or conv.in_channels >= 8  # already tensor-core friendly
         or conv.groups != 1
         or conv.padding_mode != "zeros"
@@ -393,16 +398,10 @@ def _is_relu(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
 
 
 def _fusable_conv(node: object, modules: dict[str, nn.Module], uses: dict[str, int]) -> bool:
-    if not (isinstance(node, fx.Node) and node.op == "call_module"):
+    if not _foldable(node, modules, uses):
         return False
     conv = modules[node.target]
-    return (
-        type(conv) is nn.Conv2d
-        and conv.padding_mode == "zeros"
-        and not isinstance(conv.padding, str)
-        and len(node.users) == 1
-        and uses[node.target] == 1
-    )
+    return conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
 
 
 def fuse_conv_relu(model: ImageClassifier) -> ImageClassifier:
@@ -417,10 +416,7 @@ def fuse_conv_relu(model: ImageClassifier) -> ImageClassifier:
     if not isinstance(net, fx.GraphModule):
         return model
     modules = dict(net.named_modules())
-    uses: dict[str, int] = {}
-    for node in net.graph.nodes:
-        if node.op == "call_module":
-            uses[node.target] = uses.get(node.target, 0) + 1
+    uses = _module_uses(net.graph)
     for relu in list(net.graph.nodes):
         if not (_is_relu(relu, modules) and len(relu.args) == 1):
             continue
