@@ -191,14 +191,14 @@ def gt_logits(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int) ->
         )
 
 
-def enhance_all(model, x, y, batch: int, mode: str, dtype: str, args, steps: int | None = None):
+def enhance_all(model, x, y, batch: int, mode: str, dtype: str | None, args, steps=None):
     kwargs = {
         "eps": args.eps,
         "step_size": args.step_size,
         "steps": args.steps if steps is None else steps,
         "objective": args.objective,
         "mode": mode,
-        "fast_dtype": dtype,
+        **({"fast_dtype": dtype} if dtype else {}),
     }
     return torch.cat(
         [
@@ -212,7 +212,7 @@ def bench_enhance(args, device, model, fast_models, x, y) -> dict:
     clean = gt_logits(model, x, y, args.reference_batch)
     gains = {}
 
-    def run(net: nn.Module, batch: int, mode: str, dtype: str) -> dict:
+    def run(net: nn.Module, batch: int, mode: str, dtype: str | None = None) -> dict:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         # Warm-up on one batch: torch.compile, cuDNN autotuning.
@@ -243,7 +243,7 @@ def bench_enhance(args, device, model, fast_models, x, y) -> dict:
         flush=True,
     )
     with fp32_precision(args.reference_precision):
-        ref = run(model, args.reference_batch, "reference", args.fast_dtypes[0])
+        ref = run(model, args.reference_batch, "reference")
     results = {"reference": ref, "fast": {}}
     for dtype, fast_model in fast_models.items():
         rows = [run(fast_model, b, "fast", dtype) for b in args.fast_batches]

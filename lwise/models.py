@@ -316,10 +316,6 @@ def space_to_depth_stem(model: ImageClassifier) -> ImageClassifier:
     return model
 
 
-# Read once: torch.compile cannot trace the availability check inside a forward.
-_CUDNN = torch.backends.cudnn.is_available()
-
-
 class _ConvReLUFunction(torch.autograd.Function):
     """relu(conv(x) + bias [+ residual]) with a backward for the input (and residual) only.
 
@@ -329,8 +325,8 @@ class _ConvReLUFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, residual, stride, padding, dilation, groups):
-        if x.is_cuda and _CUDNN:
+    def forward(ctx, x, weight, bias, residual, stride, padding, dilation, groups, cudnn):
+        if cudnn:
             if residual is None:
                 y = torch.cudnn_convolution_relu(x, weight, bias, stride, padding, dilation, groups)
             else:
@@ -356,7 +352,7 @@ class _ConvReLUFunction(torch.autograd.Function):
                 grad, x, weight, None, stride, padding, dilation, False, [0, 0], groups,
                 [True, False, False],
             )[0]  # fmt: skip
-        return grad_x, None, None, grad if ctx.has_residual else None, None, None, None, None
+        return grad_x, None, None, grad if ctx.has_residual else None, None, None, None, None, None
 
 
 class ConvReLU(nn.Module):
@@ -369,6 +365,8 @@ class ConvReLU(nn.Module):
     def __init__(self, conv: nn.Conv2d):
         super().__init__()
         self.conv = conv
+        # Read here: torch.compile cannot trace the availability check inside forward.
+        self.cudnn = torch.backends.cudnn.is_available()
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         conv = self.conv
@@ -381,7 +379,7 @@ class ConvReLU(nn.Module):
             conv.weight.to(dtype),
             None if conv.bias is None else conv.bias.to(dtype),
             None if residual is None else residual.to(dtype),
-            conv.stride, conv.padding, conv.dilation, conv.groups,
+            conv.stride, conv.padding, conv.dilation, conv.groups, x.is_cuda and self.cudnn,
         )  # fmt: skip
 
 

@@ -144,10 +144,10 @@ def _world() -> tuple[int, int, int]:
 
 
 def _check_gpu_count(processes: int) -> None:
-    """One process per GPU: more processes than visible GPUs is a configuration error (on a
-    machine without CUDA, the processes share the CPU instead)."""
+    """One process per GPU: on a CUDA machine, more processes than visible GPUs is a
+    configuration error (without CUDA, the processes share the CPU instead)."""
     visible = torch.cuda.device_count()
-    if torch.cuda.is_available() and processes > visible:
+    if processes > visible:
         raise ValueError(
             f"{processes} training processes (guide.gpus) but {visible} visible GPU(s) "
             f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}): give "
@@ -232,13 +232,12 @@ def _rng_state() -> dict:
 
 
 def _set_rng_state(state: dict) -> None:
-    # RNG states are CPU byte tensors, whatever map_location the checkpoint was loaded with.
-    torch.set_rng_state(state["torch"].cpu())
+    torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
     kind, keys, *rest = state["numpy"]
-    np.random.set_state((kind, keys.cpu().numpy(), *rest))
+    np.random.set_state((kind, keys.numpy(), *rest))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def _attack(
@@ -341,7 +340,8 @@ def train(
     last = state_dir / "last.pt"
     rows, start, best_score = [], 0, -1.0
     if last.exists():
-        state = torch.load(last, map_location=device, weights_only=True)
+        # On the CPU: RNG states must stay CPU byte tensors; load_state_dict moves the rest.
+        state = torch.load(last, map_location="cpu", weights_only=True)
         if state["digest"] == cfg.digest():
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
