@@ -7,9 +7,11 @@ Unless --checkpoint is given, the guide model is a randomly initialised torchvis
 whose BatchNorm statistics are first estimated on the benchmark images, so activations and
 logits have realistic scales. Scoring reads synthetic JPEGs through `lwise.data`; training runs
 `lwise.train.train` itself on such files. Timings are wall-clock between torch.cuda.synchronize
-calls, after warm-up (which includes torch.compile). The reference mode runs with PyTorch's
-default precision flags (printed): cuDNN convolutions in TF32 on Ampere and later GPUs, as the
-original robustness code ran there; --reference-precision ieee makes them strict fp32.
+calls, after warm-up (which includes torch.compile). The floor part times each convolution of
+the fast model alone (forward and input gradient, replayed from CUDA graphs) to bound what any
+fast mode built on these kernels can reach. The reference mode runs with PyTorch's default
+precision flags (printed): cuDNN convolutions in TF32 on Ampere and later GPUs, as the original
+robustness code ran there; --reference-precision ieee makes them strict fp32.
 """
 
 from __future__ import annotations
@@ -35,11 +37,11 @@ from lwise import dirmap
 from lwise.attacks import FAST_DTYPES, pgd
 from lwise.checkpoints import load_model
 from lwise.data import DirmapImages, eval_transform
-from lwise.models import ImageClassifier, Normalize, prepare_fast
+from lwise.models import ConvReLU, ImageClassifier, Normalize, prepare_fast
 from lwise.train import TrainConfig, train
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-PARTS = ("enhance", "scoring", "training")
+PARTS = ("enhance", "floor", "scoring", "training")
 TRAIN_CLASSES = 16
 
 
@@ -270,6 +272,95 @@ def bench_enhance(args, device, model, fast_models, x, y) -> dict:
     return results
 
 
+def conv_calls(model: nn.Module, x: torch.Tensor) -> list[tuple[nn.Conv2d, torch.Size]]:
+    """Every convolution that one forward pass of `model` on `x` runs, with its input shape."""
+    net = getattr(model, "_orig_mod", model)  # hooks need the uncompiled module
+    in_fused = {id(m.conv) for m in net.modules() if isinstance(m, ConvReLU)}
+    calls, hooks = [], []
+    for m in net.modules():
+        if isinstance(m, ConvReLU) or (isinstance(m, nn.Conv2d) and id(m) not in in_fused):
+            conv = m.conv if isinstance(m, ConvReLU) else m
+            hooks.append(
+                m.register_forward_hook(lambda _, i, __, c=conv: calls.append((c, i[0].shape)))
+            )
+    try:
+        with torch.no_grad():
+            net(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return calls
+
+
+def kernel_seconds(device: torch.device, fn: Callable[[], object], repeats: int) -> float:
+    """GPU time of one `fn()` call: replayed from a CUDA graph, so Python and launch overheads
+    drop out (plain wall-clock elsewhere)."""
+    fn()  # cuDNN autotuning, outside the capture
+    if device.type != "cuda":
+        return timed(device, lambda: [fn() for _ in range(repeats)])[1] / repeats
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(repeats):
+            fn()
+    graph.replay()
+    return timed(device, graph.replay)[1] / repeats
+
+
+def bench_floor(args, device, fast_model, dtype: str, batch: int, reference: dict | None) -> dict:
+    """The enhancement speed that the fast model's convolution kernels alone allow.
+
+    Each convolution's forward and input-gradient kernels (cuDNN, as autotuned) are timed at
+    `batch` in `dtype`, channels-last, and summed over one enhancement: `steps` forward and
+    backward passes plus the final forward. Everything else the fast mode runs (ReLU backward,
+    residual adds, pooling, the PGD update) is left out, so no implementation on these kernels
+    can be faster.
+    """
+    half = FAST_DTYPES[dtype]
+    x = torch.rand(batch, 3, args.size, args.size, device=device)
+    with torch.autocast(device.type, dtype=half):
+        calls = conv_calls(fast_model, x.contiguous(memory_format=torch.channels_last))
+    repeats = 2 if args.quick else 10
+    fwd_s = bwd_s = 0.0
+    for conv, shape in calls:
+        inp = torch.randn(shape, device=device, dtype=half).contiguous(
+            memory_format=torch.channels_last
+        )
+        weight = conv.weight.detach().to(half)
+        geometry = (conv.stride, conv.padding, conv.dilation)
+
+        def forward(inp=inp, weight=weight, geometry=geometry, groups=conv.groups):
+            return F.conv2d(inp, weight, None, *geometry, groups)
+
+        grad = torch.randn_like(forward())
+
+        def input_grad(inp=inp, weight=weight, geometry=geometry, grad=grad, groups=conv.groups):
+            return torch.ops.aten.convolution_backward(
+                grad, inp, weight, None, *geometry, False, (0, 0), groups, (True, False, False)
+            )
+
+        fwd_s += kernel_seconds(device, forward, repeats)
+        bwd_s += kernel_seconds(device, input_grad, repeats)
+    per_batch = args.steps * (fwd_s + bwd_s) + fwd_s
+    result = {
+        "batch": batch,
+        "convolutions": len(calls),
+        "forward_ms": 1e3 * fwd_s,
+        "input_grad_ms": 1e3 * bwd_s,
+        "images_per_s": batch / per_batch,
+    }
+    ratio = ""
+    if reference:
+        result["ratio_to_reference"] = result["images_per_s"] / reference["images_per_s"]
+        ratio = f" = {result['ratio_to_reference']:.2f}x the reference"
+    print(
+        f"convolution floor, fast {dtype}, batch {batch}: {len(calls)} convolutions, forward "
+        f"{result['forward_ms']:.2f} ms + input gradient {result['input_grad_ms']:.2f} ms per "
+        f"pass -> at most {result['images_per_s']:.1f} images/s{ratio}",
+        flush=True,
+    )
+    return result
+
+
 def synthetic_dirmap(
     root: Path, splits: dict[str, int], num_classes: int, size: int, gen: torch.Generator
 ) -> pd.DataFrame:
@@ -418,6 +509,12 @@ def main() -> None:
     results = {"env": env}
     if "enhance" in args.parts:
         results["enhance"] = bench_enhance(args, device, model, fast_models, x, y)
+    if "floor" in args.parts:
+        dtype = args.fast_dtypes[0]
+        enhance = results.get("enhance")
+        batch = enhance["fast"][dtype]["best"]["batch"] if enhance else max(args.fast_batches)
+        reference = enhance["reference"] if enhance else None
+        results["floor"] = bench_floor(args, device, fast_models[dtype], dtype, batch, reference)
     if "scoring" in args.parts:
         dtype = args.fast_dtypes[0]
         results["scoring"] = bench_scoring(args, device, fast_models[dtype], dtype, gen)

@@ -18,6 +18,7 @@ import pickle
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import dill
 import torch
 
 from lwise.atomic import atomic_path
@@ -80,11 +81,8 @@ def _read(path: str | os.PathLike, trusted: bool, map_location: str | torch.devi
                 "checkpoint); loading it runs arbitrary code. Pass trusted=True only if you "
                 f"trust its source. ({str(err).splitlines()[0]})"
             ) from err
-    try:
-        import dill  # robustness saved with pickle_module=dill
-    except ImportError:
-        log.info("dill is not installed; unpickling %s with pickle", path)
-        return torch.load(path, map_location=map_location, weights_only=False)
+    # robustness saved with pickle_module=dill: objects such as its lambda-based schedules
+    # only unpickle with dill.
     return torch.load(path, map_location=map_location, weights_only=False, pickle_module=dill)
 
 

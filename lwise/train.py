@@ -245,10 +245,14 @@ def _attack(
 ) -> torch.Tensor:
     was_training = model.training
     model.eval()  # robustness attacks with BatchNorm in eval mode
+    # bfloat16 as in the training step: a model still training (from scratch: BatchNorm's initial
+    # running statistics) can have eval-mode activations beyond float16's range, whose gradients
+    # pgd would skip.
+    fast = fast and cfg.mixed_precision
     adv = pgd(
         model, x, y, eps=cfg.eps, step_size=cfg.attack_lr, steps=cfg.attack_steps,
         constraint=cfg.constraint, objective="cross_entropy", direction="attack",
-        mode="fast" if fast else "reference",
+        mode="fast" if fast else "reference", **({"fast_dtype": "bfloat16"} if fast else {}),
     )  # fmt: skip
     if was_training:
         model.train()

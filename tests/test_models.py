@@ -4,6 +4,7 @@ import argparse
 import copy
 import logging
 
+import dill
 import pytest
 import timm
 import torch
@@ -221,14 +222,19 @@ def _logits(model, seed=0):
         return model(x)
 
 
-def test_robustness_checkpoint_loads_with_its_normalisation(tmp_path, small_model, caplog):
-    net_state = small_model.net.state_dict()
-    mean = small_model.normalize.mean.view(3, 1, 1)
-    std = small_model.normalize.std.view(3, 1, 1)
+def _robustness_state(model: ImageClassifier) -> dict[str, torch.Tensor]:
+    """`DataParallel(AttackerModel).state_dict()` of `model`, as robustness saves it."""
+    net_state = model.net.state_dict()
+    mean = model.normalize.mean.view(3, 1, 1)
+    std = model.normalize.std.view(3, 1, 1)
     state = {"module.normalizer.new_mean": mean, "module.normalizer.new_std": std}
     state |= {f"module.model.{k}": v for k, v in net_state.items()}
     state |= {"module.attacker.normalize.new_mean": mean, "module.attacker.normalize.new_std": std}
-    state |= {f"module.attacker.model.{k}": v for k, v in net_state.items()}
+    return state | {f"module.attacker.model.{k}": v for k, v in net_state.items()}
+
+
+def test_robustness_checkpoint_loads_with_its_normalisation(tmp_path, small_model, caplog):
+    state = _robustness_state(small_model)
     optimizer = torch.optim.SGD(small_model.parameters(), lr=0.1, momentum=0.9)
     path = tmp_path / "checkpoint.pt.best"
     torch.save({"model": state, "optimizer": optimizer.state_dict(), "epoch": 5}, path)
@@ -298,3 +304,18 @@ def test_full_pickle_needs_trust(tmp_path, small_model):
         trusted=True,
     )
     assert torch.allclose(_logits(loaded), _logits(small_model))
+
+
+def test_dill_pickled_robustness_checkpoint_loads_when_trusted(tmp_path, small_model):
+    """robustness saves with pickle_module=dill; a lambda (e.g. a LambdaLR schedule's) needs it."""
+    path = tmp_path / "checkpoint.pt.latest"
+    payload = {
+        "model": _robustness_state(small_model),
+        "schedule": {"lr_lambda": lambda epoch: 0.1**epoch},
+        "epoch": 2,
+    }
+    torch.save(payload, path, pickle_module=dill)
+    with pytest.raises(CheckpointError, match="trusted=True"):
+        load_model(path, arch="small_cnn", num_classes=10, mean=MEAN, std=STD)
+    loaded = load_model(path, arch="small_cnn", num_classes=10, mean=MEAN, std=STD, trusted=True)
+    assert torch.equal(_logits(loaded), _logits(small_model))

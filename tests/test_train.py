@@ -12,7 +12,7 @@ from conftest import SMALL_TRAIN
 
 from lwise.checkpoints import load_model, save_checkpoint
 from lwise.models import build_model
-from lwise.train import TrainConfig, lr_multiplier, run_training, train
+from lwise.train import TrainConfig, _attack, lr_multiplier, run_training, train
 
 
 def test_schedules():
@@ -30,6 +30,24 @@ def test_schedules():
         TrainConfig(schedule="linear")
     with pytest.raises(ValueError, match=r"unknown training option\(s\) \['epoch'\]"):
         TrainConfig.from_dict({"epoch": 3})
+
+
+def test_fast_training_attack_survives_logits_beyond_float16(caplog):
+    """An untrained network's eval-mode logits can exceed float16's range (65504); the fast
+    training attack still moves every image, as it runs in bfloat16 like the training step."""
+    torch.manual_seed(0)
+    model = build_model("small_cnn", num_classes=10, mean=(0.5,) * 3, std=(0.25,) * 3)
+    with torch.no_grad():
+        model.net.fc.weight.mul_(1e8)
+    x, y = torch.rand(4, 3, 32, 32), torch.arange(4)
+    assert model.eval()(x).abs().max() > 65504
+    with caplog.at_level("WARNING", logger="lwise"):
+        adv = _attack(model.train(), x, y, TrainConfig(eps=1.0, attack_steps=2), fast=True)
+    assert "non-finite" not in caplog.text
+    assert ((adv - x).flatten(1).norm(dim=1) > 0.5).all()
+    assert model.training  # handed back in training mode
+    cfg = TrainConfig(eps=1.0, attack_steps=2, mixed_precision=False)  # fp32: the reference
+    assert torch.isfinite(_attack(model, x, y, cfg, fast=True)).all()
 
 
 def test_small_robust_model_beats_chance(digits_model):
