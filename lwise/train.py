@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from lwise import dirmap
 from lwise.atomic import atomic_path, write_csv
-from lwise.attacks import pgd
+from lwise.attacks import FAST_DTYPES, pgd
 from lwise.checkpoints import load_model, save_checkpoint
 from lwise.data import DirmapImages, eval_transform, train_transform
 from lwise.models import ImageClassifier, build_model, head_name, replace_head
@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 SCHEDULES = ("step", "cosine", "cosine_reference", "piecewise")
+# Mixed precision of training steps and their attacks: bfloat16 has float32's range.
+TRAIN_DTYPE = "bfloat16"
 
 
 @dataclass(frozen=True)
@@ -245,14 +247,13 @@ def _attack(
 ) -> torch.Tensor:
     was_training = model.training
     model.eval()  # robustness attacks with BatchNorm in eval mode
-    # bfloat16 as in the training step: a model still training (from scratch: BatchNorm's initial
+    # In the training step's precision: a model still training (from scratch: BatchNorm's initial
     # running statistics) can have eval-mode activations beyond float16's range, whose gradients
     # pgd would skip.
-    fast = fast and cfg.mixed_precision
     adv = pgd(
         model, x, y, eps=cfg.eps, step_size=cfg.attack_lr, steps=cfg.attack_steps,
         constraint=cfg.constraint, objective="cross_entropy", direction="attack",
-        mode="fast" if fast else "reference", **({"fast_dtype": "bfloat16"} if fast else {}),
+        mode="fast" if fast and cfg.mixed_precision else "reference", fast_dtype=TRAIN_DTYPE,
     )  # fmt: skip
     if was_training:
         model.train()
@@ -286,7 +287,7 @@ def evaluate(
 
 def _autocast(device: torch.device, cfg: TrainConfig):
     if cfg.mixed_precision and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+        return torch.autocast("cuda", dtype=FAST_DTYPES[TRAIN_DTYPE])
     return nullcontext()
 
 
