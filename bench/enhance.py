@@ -5,9 +5,10 @@ CPU smoke run: python bench/enhance.py --quick
 
 Unless --checkpoint is given, the guide model is a randomly initialised torchvision ResNet-50
 whose BatchNorm statistics are first estimated on the benchmark images, so activations and
-logits have realistic scales. Scoring reads synthetic JPEGs through `lwise.data`; training runs
-`lwise.train.train` itself on such files. Timings are wall-clock between torch.cuda.synchronize
-calls, after warm-up (which includes torch.compile). The floor part times each convolution of
+logits have realistic scales. Scoring reads synthetic JPEGs through
+`lwise.data.loading`; training runs `lwise.guide.train.train` itself on such files. Timings are
+wall-clock between torch.cuda.synchronize calls, after warm-up (which includes
+torch.compile). The floor part times each convolution of
 the fast model alone (forward and input gradient, replayed from CUDA graphs) to bound what any
 fast mode built on these kernels can reach. The reference mode runs with PyTorch's default
 precision flags (printed): cuDNN convolutions in TF32 on Ampere and later GPUs, as the original
@@ -33,12 +34,12 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader
 
-from lwise import dirmap
-from lwise.attacks import FAST_DTYPES, pgd
-from lwise.checkpoints import load_model
-from lwise.data import DirmapImages, eval_transform
-from lwise.models import ConvReLU, ImageClassifier, Normalize, prepare_fast
-from lwise.train import TrainConfig, train
+from lwise.data import dirmap
+from lwise.data.loading import DirmapImages, eval_transform
+from lwise.guide.attacks import FAST_DTYPES, pgd
+from lwise.guide.checkpoints import load_model
+from lwise.guide.models import ConvReLU, ImageClassifier, Normalize, prepare_fast
+from lwise.guide.train import TrainConfig, train
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 PARTS = ("enhance", "floor", "scoring", "training")
@@ -383,7 +384,7 @@ def synthetic_dirmap(
 
 
 def bench_scoring(args, device, fast_model, dtype: str, gen) -> dict:
-    """Forward-only logits of JPEG files as `lwise.score` computes them, decoding included."""
+    """Forward-only logits of JPEG files as `lwise.guide.score` computes them, decoding included."""
     print(
         f"scoring: {args.score_images} JPEGs, batch {args.score_batch}, {args.workers} workers,"
         f" {dtype}",
@@ -399,7 +400,7 @@ def bench_scoring(args, device, fast_model, dtype: str, gen) -> dict:
             pin_memory=device.type == "cuda",
         )
 
-        # The numerics of lwise.score.model_outputs(fast=True); that function prepares (and
+        # The numerics of lwise.guide.score.model_outputs(fast=True); that function prepares (and
         # compiles) the model on every call, so it is not called twice here.
         def score_epoch() -> torch.Tensor:
             logits = []
@@ -437,12 +438,13 @@ def bench_scoring(args, device, fast_model, dtype: str, gen) -> dict:
 
 
 def bench_training(args, gen) -> dict:
-    """Two epochs of `lwise.train.train` (PGD adversarial training, bf16 on CUDA) on synthetic
+    """Two epochs of `lwise.guide.train.train` (PGD adversarial training, bf16 on CUDA) on synthetic
     JPEGs; the second, warm epoch is timed. It ends with a small validation and a checkpoint
     write, which the epoch time includes."""
     val_images = 8
     print(
-        f"adversarial training (lwise.train): {args.train_images} images {args.size}px, batch "
+        f"adversarial training (lwise.guide.train): {args.train_images} images "
+        f"{args.size}px, batch "
         f"{args.train_batch}, eps {args.train_eps}, {args.train_steps} steps",
         flush=True,
     )

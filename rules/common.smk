@@ -1,6 +1,12 @@
 import re
+import sys
 
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
+
+# The library is imported from this checkout, whichever Python runs Snakemake.
+sys.path.insert(0, workflow.basedir)
+from lwise.core import keys
 
 min_version("9.0")
 
@@ -47,9 +53,9 @@ def final_outputs():
 
 
 wildcard_constraints:
-    objective="logit|cross_entropy|logit_diverge",
-    eps=r"[0-9]+(\.[0-9]+)?",
-    set=r"natural|(logit|cross_entropy|logit_diverge)_eps[0-9]+(\.[0-9]+)?",
+    objective=keys.OBJECTIVE_PATTERN,
+    eps=keys.EPS_PATTERN,
+    set=keys.SET_PATTERN,
     source="human|synthetic",
 
 
@@ -87,25 +93,11 @@ def eps_value(wildcards):
     return float(wildcards.eps)
 
 
-def fmt_eps(eps):
-    """8.0 -> "8", 0.25 -> "0.25": the epsilon as it appears in paths."""
-    return f"{eps:g}"
-
-
-def enhanced_sets(dataset):
-    cfg = section(dataset, "enhance")
-    return expand(
-        "results/{dataset}/stimuli/{objective}_eps{eps}",
-        dataset=dataset,
-        objective=cfg["objectives"],
-        eps=[fmt_eps(e) for e in cfg["epsilons"]],
-    )
-
-
 def contact_sheet_inputs(wildcards):
-    return ["results/{dataset}/stimuli/natural".format(**wildcards)] + enhanced_sets(
-        wildcards.dataset
-    )
+    return [
+        f"results/{wildcards.dataset}/stimuli/{name}"
+        for name in stimulus_set_names(wildcards.dataset)
+    ]
 
 
 def guide_trusted(wildcards):
@@ -125,11 +117,10 @@ def upload_endpoint():
 
 def stimulus_set_names(dataset):
     cfg = section(dataset, "enhance")
-    return ["natural"] + [
-        f"{objective}_eps{fmt_eps(eps)}"
-        for objective in cfg["objectives"]
-        for eps in cfg["epsilons"]
-    ]
+    try:
+        return keys.set_names(cfg["objectives"], cfg["epsilons"])
+    except ValueError as err:
+        raise WorkflowError(f"config: dataset {dataset!r}, enhance.epsilons: {err}") from err
 
 
 def human_source(dataset):
@@ -145,10 +136,7 @@ def trials_file(wildcards):
 
 
 def stimulus_dirs(wildcards):
-    return {
-        name: f"results/{wildcards.dataset}/stimuli/{name}"
-        for name in stimulus_set_names(wildcards.dataset)
-    }
+    return dict(zip(stimulus_set_names(wildcards.dataset), contact_sheet_inputs(wildcards)))
 
 
 def human_extras(wildcards):

@@ -1,4 +1,4 @@
-from lwise.s3local import LocalServer
+from lwise.publish.s3local import LocalServer
 
 # A "local" endpoint is a moto_server that lives for this run (started here, stopped below).
 LOCAL_S3 = LocalServer(config["upload"].get("local_port", 9900))

@@ -99,9 +99,9 @@ SMALL_TRAIN = {
 @pytest.fixture(scope="session")
 def digits_folder(tmp_path_factory) -> Path:
     """A class-balanced subset of the digits as an ImageFolder: 60 train, 20 val per class."""
-    from lwise.definers import define
-    from lwise.download import download_dataset
-    from lwise.imagefolder import BuildOptions, build
+    from lwise.data.definers import define
+    from lwise.data.download import download_dataset
+    from lwise.data.imagefolder import BuildOptions, build
 
     root = tmp_path_factory.mktemp("digits")
     download_dataset([{"builtin": "digits"}], root / "raw", root / "dl")
@@ -117,7 +117,7 @@ def digits_folder(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def digits_model(digits_folder, tmp_path_factory) -> Path:
     """A small robust model trained here on the digits subset (a few seconds on the CPU)."""
-    from lwise.train import TrainConfig, train
+    from lwise.guide.train import TrainConfig, train
 
     out = tmp_path_factory.mktemp("guide")
     train(
@@ -133,7 +133,7 @@ def tiny_config() -> dict:
     config["datasets"]["digits"]["build"] = {"n_per_class": {"train": 20, "val": 6}}
     config["guide"]["train"] = {**SMALL_TRAIN, "epochs": 1}
     config["enhance"]["epsilons"] = [1, 2]
-    from lwise.s3local import free_port
+    from lwise.publish.s3local import free_port
 
     config["upload"]["local_port"] = free_port()
     config["simulation"]["n_participants"] = 4

@@ -11,7 +11,7 @@ import tempfile
 from collections.abc import Iterator
 from unittest import mock
 
-from lwise.s3local import free_port, moto_executable, start_server, stop_server
+from lwise.publish.s3local import free_port, moto_executable, start_server, stop_server
 
 # Fake credentials, and no reading of the developer's real AWS files or instance metadata.
 FAKE_AWS_ENV = {

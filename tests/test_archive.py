@@ -4,7 +4,7 @@ import zipfile
 
 import pytest
 
-from lwise.archive import UnsafeArchiveError, extract, is_archive
+from lwise.data.archive import UnsafeArchiveError, extract, is_archive
 
 
 def _tar(path, members, mode="w:gz"):

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from sklearn.datasets import load_digits
 from torch import nn
 
-from lwise.attacks import (
+from lwise.guide.attacks import (
     l2_project,
     l2_random_start,
     l2_step,
@@ -20,8 +20,8 @@ from lwise.attacks import (
     pgd,
     steps_for_eps,
 )
-from lwise.augment import MultiView, cutout, resize, translation
-from lwise.models import build_model, prepare_fast
+from lwise.guide.augment import MultiView, cutout, resize, translation
+from lwise.guide.models import build_model, prepare_fast
 
 # --- steps and projections ---------------------------------------------------------------------
 
@@ -219,7 +219,7 @@ def test_fast_mode_skips_non_finite_gradients_per_sample(linear_model, caplog):
 
     x = torch.cat([torch.full((1, 3, 4, 4), 0.9), torch.full((2, 3, 4, 4), 0.2)])
     kwargs = {"eps": 1.0, "step_size": 0.25, "steps": 3, "objective": "logit", "mode": "fast"}
-    with caplog.at_level(logging.WARNING, logger="lwise.attacks"):
+    with caplog.at_level(logging.WARNING, logger="lwise.guide.attacks"):
         out = pgd(Model().eval(), x, torch.tensor([0, 1, 2]), **kwargs)
     assert torch.isfinite(out).all()
     assert torch.equal(out[0], x[0]) and not torch.equal(out[1:], x[1:])

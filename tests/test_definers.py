@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 from conftest import make_image, make_imagefolder
 
-from lwise import definers, dirmap
+from lwise.data import definers, dirmap
 
 
 def test_imagefolder_numbering_is_shared_across_splits(tmp_path):

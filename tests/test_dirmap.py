@@ -2,7 +2,7 @@ import pandas as pd
 import pytest
 from conftest import make_image
 
-from lwise import dirmap
+from lwise.data import dirmap
 
 
 def _write(tmp_path, rows, name="dirmap.csv"):

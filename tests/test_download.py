@@ -5,7 +5,7 @@ import tarfile
 import pytest
 from httpserver import serve
 
-from lwise.download import ChecksumError, DownloadError, Source, download_dataset, fetch
+from lwise.data.download import ChecksumError, DownloadError, Source, download_dataset, fetch
 
 
 def _payload(n=300_000):

@@ -2,9 +2,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from lwise import dirmap
-from lwise.enhance import contact_sheet, enhance, write_natural
-from lwise.imagefolder import BuildOptions, build
+from lwise.data import dirmap
+from lwise.data.imagefolder import BuildOptions, build
+from lwise.stimuli.enhance import contact_sheet, enhance, write_natural
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def test_enhancement_raises_gt_logit_and_attack_lowers_it(held_out, digits_model
 
 
 def test_enhancement_lowers_error_rate_of_held_out_images(held_out, digits_model, tmp_path):
-    from lwise.score import score
+    from lwise.guide.score import score
 
     rates = {}
     for name, kw in (("natural", None), ("enhanced", {}), ("attacked", {"direction": "attack"})):

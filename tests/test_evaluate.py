@@ -7,7 +7,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from lwise import dirmap, evaluate, humans
+from lwise.alignment import evaluate
+from lwise.data import dirmap
+from lwise.humans import trials as humans
 
 CLASSES = ["ant", "bee", "cow"]
 N_VAL, N_TRAIN = 10, 2  # per class

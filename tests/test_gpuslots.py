@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import yte
 
-from lwise import gpuslots
-from lwise.gpuslots import GpuSlotError, GpuSlotTimeout, acquire_gpus, gpus_requested
+from lwise.core import gpuslots
+from lwise.core.gpuslots import GpuSlotError, GpuSlotTimeout, acquire_gpus, gpus_requested
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 HOLDER = textwrap.dedent(
     """
     import os, sys, time, pathlib
-    from lwise.gpuslots import acquire_gpus
+    from lwise.core.gpuslots import acquire_gpus
     n, report, release = int(sys.argv[1]), pathlib.Path(sys.argv[2]), pathlib.Path(sys.argv[3])
     with acquire_gpus(n) as ids:
         tmp = report.with_suffix(".tmp")
@@ -296,7 +296,7 @@ def test_local_profile_allows_one_gpu_job_per_device(monkeypatch, devices, limit
 
 def run_cli(env, *args: str, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "lwise.gpuslots", *args],
+        [sys.executable, "-m", "lwise.core.gpuslots", *args],
         env=env,
         capture_output=True,
         text=True,
@@ -320,7 +320,7 @@ def test_cli_holds_slots_while_command_runs_and_a_kill_frees_them(fake_gpus, tmp
     # keep the slots reserved for as long as they live.
     script = f"touch {ready}; exec sleep 600"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "lwise.gpuslots", "--gpus", "3", "--", "sh", "-c", script],
+        [sys.executable, "-m", "lwise.core.gpuslots", "--gpus", "3", "--", "sh", "-c", script],
         env=fake_gpus,
         stderr=subprocess.DEVNULL,
     )
@@ -361,7 +361,7 @@ rule {name}:
     output: "out/{name}.txt"
     resources: gpu=1
     shell:
-        "{python} -m lwise.gpuslots --gpus {{resources.gpu}} -- "
+        "{python} -m lwise.core.gpuslots --gpus {{resources.gpu}} -- "
         "sh -c 'date +%s%N > {{output}}; echo $CUDA_VISIBLE_DEVICES >> {{output}}; "
         "sleep 1; date +%s%N >> {{output}}'"
 """

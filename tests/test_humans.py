@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lwise import humans
-from lwise.metrics import condition_accuracy
+from lwise.alignment.metrics import condition_accuracy
+from lwise.humans import trials as humans
 
 CLASSES = ["bear", "cat", "dog", "horse"]
 

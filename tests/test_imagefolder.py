@@ -6,8 +6,8 @@ import pytest
 from conftest import make_image, make_imagefolder
 from PIL import Image
 
-from lwise import definers, dirmap
-from lwise.imagefolder import BuildOptions, build
+from lwise.data import definers, dirmap
+from lwise.data.imagefolder import BuildOptions, build
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from lwise import metrics
+from lwise.alignment import metrics
 
 
 def logistic_trials(n: int, slope: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -12,8 +12,8 @@ import torchvision
 from torch import fx, nn
 from torch.nn import functional as F
 
-from lwise.checkpoints import CheckpointError, load_model, save_checkpoint
-from lwise.models import (
+from lwise.guide.checkpoints import CheckpointError, load_model, save_checkpoint
+from lwise.guide.models import (
     ConvReLU,
     ImageClassifier,
     Normalize,
@@ -244,7 +244,7 @@ def test_robustness_checkpoint_loads_with_its_normalisation(tmp_path, small_mode
     assert "checkpoint's normalisation" in caplog.text  # ImageNet values were overridden
     assert not loaded.training
     assert torch.equal(_logits(loaded), _logits(small_model))
-    # The class count comes from the head when not given, as lwise.train loads it.
+    # The class count comes from the head when not given, as lwise.guide.train loads it.
     assert load_model(path, arch="small_cnn").num_classes == 10
     with pytest.raises(CheckpointError, match="give arch"):
         load_model(path)

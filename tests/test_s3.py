@@ -1,4 +1,4 @@
-"""lwise.s3 against a real local S3 server (moto_server on 127.0.0.1)."""
+"""lwise.publish.s3 against a real local S3 server (moto_server on 127.0.0.1)."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 from conftest import make_imagefolder
 from s3server import moto_s3_server
 
-from lwise import dirmap
-from lwise.dirmap import DirmapError
-from lwise.s3 import (
+from lwise.data import dirmap
+from lwise.data.dirmap import DirmapError
+from lwise.publish.s3 import (
     S3AccessDenied,
     S3CredentialsError,
     S3UploadError,

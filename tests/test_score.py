@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lwise import dirmap
-from lwise.score import label_column_for, min_max_difficulty, score
+from lwise.data import dirmap
+from lwise.guide.score import label_column_for, min_max_difficulty, score
 
 
 def test_label_column_fits_the_model():

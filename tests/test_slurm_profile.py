@@ -95,7 +95,7 @@ rule gpu_job:
     resources: gpu=1
     shell:
         "echo $SLURM_JOB_ID ${{CUDA_VISIBLE_DEVICES:-unset}} > {output}; "
-        "{python} -m lwise.gpuslots --gpus {resources.gpu} -- "
+        "{python} -m lwise.core.gpuslots --gpus {resources.gpu} -- "
         "sh -c 'echo $CUDA_VISIBLE_DEVICES >> {output}'"
 """
 
@@ -145,7 +145,7 @@ def test_profile_submits_cpu_and_gpu_jobs(slurm_cluster, tmp_path):
     gpu_job, slurm_devices, wrapped_devices = (tmp_path / "gpu.txt").read_text().split()
     assert cpu_job[0].isdigit() and gpu_job.isdigit() and cpu_job[0] != gpu_job
     assert slurm_devices in {"0", "1"}, "Slurm did not set CUDA_VISIBLE_DEVICES"
-    # lwise.gpuslots uses the allocation Slurm made instead of picking devices itself.
+    # lwise.core.gpuslots uses the allocation Slurm made instead of picking devices itself.
     assert wrapped_devices == slurm_devices
 
     cpu, gpu = show_job(cpu_job[0]), show_job(gpu_job)

@@ -10,9 +10,9 @@ import pytest
 import torch
 from conftest import SMALL_TRAIN
 
-from lwise.checkpoints import load_model, save_checkpoint
-from lwise.models import build_model
-from lwise.train import TrainConfig, _attack, lr_multiplier, run_training, train
+from lwise.guide.checkpoints import load_model, save_checkpoint
+from lwise.guide.models import build_model
+from lwise.guide.train import TrainConfig, _attack, lr_multiplier, run_training, train
 
 
 def test_schedules():
@@ -63,7 +63,7 @@ def _start(folder, out, cfg, device="cpu"):
     (out / "cfg.json").parent.mkdir(parents=True, exist_ok=True)
     (out / "cfg.json").write_text(json.dumps(cfg))
     cmd = [
-        sys.executable, "-m", "lwise.train", "--dirmap", str(folder / "dirmap.csv"),
+        sys.executable, "-m", "lwise.guide.train", "--dirmap", str(folder / "dirmap.csv"),
         "--out-model", str(out / "model.pt"), "--out-metrics", str(out / "metrics.csv"),
         "--state-dir", str(out / "state"), "--config", str(out / "cfg.json"),
     ]  # fmt: skip

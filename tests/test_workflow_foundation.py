@@ -18,8 +18,8 @@ from conftest import (
 )
 from httpserver import serve
 
-from lwise import dirmap
-from lwise.s3local import free_port
+from lwise.data import dirmap
+from lwise.publish.s3local import free_port
 
 
 def _tgz_of(folder):

@@ -1,5 +1,5 @@
-from lwise.definers import define
-from lwise.logs import script_logging
+from lwise.core.logs import script_logging
+from lwise.data.definers import define
 
 with script_logging(snakemake.log[0]):
     definer = snakemake.params.definer

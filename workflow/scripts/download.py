@@ -1,5 +1,5 @@
-from lwise.download import download_dataset
-from lwise.logs import script_logging
+from lwise.core.logs import script_logging
+from lwise.data.download import download_dataset
 
 with script_logging(snakemake.log[0]):
     download_dataset(

@@ -1,6 +1,6 @@
-from lwise.enhance import enhance
-from lwise.gpuslots import acquire_gpus, gpus_requested
-from lwise.logs import script_logging
+from lwise.core.gpuslots import acquire_gpus, gpus_requested
+from lwise.core.logs import script_logging
+from lwise.stimuli.enhance import enhance
 
 with script_logging(snakemake.log[0]), acquire_gpus(gpus_requested(snakemake.resources)):
     cfg = snakemake.params.enhance

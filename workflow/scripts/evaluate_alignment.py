@@ -1,7 +1,7 @@
 from pathlib import Path
 
-from lwise.evaluate import evaluate_alignment
-from lwise.logs import script_logging
+from lwise.alignment.evaluate import evaluate_alignment
+from lwise.core.logs import script_logging
 
 with script_logging(snakemake.log[0]):
     ev = snakemake.params.evaluation

@@ -1,5 +1,5 @@
-from lwise.imagefolder import BuildOptions, build
-from lwise.logs import script_logging
+from lwise.core.logs import script_logging
+from lwise.data.imagefolder import BuildOptions, build
 
 with script_logging(snakemake.log[0]):
     build(

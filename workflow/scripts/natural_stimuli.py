@@ -1,7 +1,7 @@
-from lwise.checkpoints import load_model
-from lwise.enhance import write_natural
-from lwise.logs import script_logging
-from lwise.score import model_input_size
+from lwise.core.logs import script_logging
+from lwise.guide.checkpoints import load_model
+from lwise.guide.score import model_input_size
+from lwise.stimuli.enhance import write_natural
 
 with script_logging(snakemake.log[0]):
     cfg = snakemake.params.enhance

@@ -1,8 +1,8 @@
 from pathlib import Path
 
-from lwise.gpuslots import acquire_gpus, gpus_requested
-from lwise.logs import script_logging
-from lwise.score import score
+from lwise.core.gpuslots import acquire_gpus, gpus_requested
+from lwise.core.logs import script_logging
+from lwise.guide.score import score
 
 with script_logging(snakemake.log[0]), acquire_gpus(gpus_requested(snakemake.resources)):
     score(

@@ -1,7 +1,7 @@
 from pathlib import Path
 
-from lwise.evaluate import simulate_trials
-from lwise.logs import script_logging
+from lwise.alignment.evaluate import simulate_trials
+from lwise.core.logs import script_logging
 
 with script_logging(snakemake.log[0]):
     sim = snakemake.params.simulation

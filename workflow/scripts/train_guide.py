@@ -1,8 +1,8 @@
 from pathlib import Path
 
-from lwise.gpuslots import acquire_gpus, gpus_requested
-from lwise.logs import script_logging
-from lwise.train import TrainConfig, run_training
+from lwise.core.gpuslots import acquire_gpus, gpus_requested
+from lwise.core.logs import script_logging
+from lwise.guide.train import TrainConfig, run_training
 
 with script_logging(snakemake.log[0]):
     guide = snakemake.params.guide

@@ -2,9 +2,9 @@ from pathlib import Path
 
 import boto3
 
-from lwise.logs import script_logging
-from lwise.s3 import UploadConfig, upload_image_set
-from lwise.s3local import LOCAL_CREDENTIALS
+from lwise.core.logs import script_logging
+from lwise.publish.s3 import UploadConfig, upload_image_set
+from lwise.publish.s3local import LOCAL_CREDENTIALS
 
 with script_logging(snakemake.log[0]):
     cfg = dict(snakemake.params.upload)

@@ -14,9 +14,9 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from lwise import dirmap
-from lwise.atomic import atomic_path
-from lwise.imaging import FORMATS, RESIZE_MODES, load_rgb, resize
+from lwise.core.atomic import atomic_path
+from lwise.data import dirmap
+from lwise.data.imaging import FORMATS, RESIZE_MODES, load_rgb, resize
 
 log = logging.getLogger(__name__)
 

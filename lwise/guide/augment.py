@@ -96,7 +96,7 @@ class MultiView:
     """Callable x [B, C, H, W] -> K·B random views [K·B, C, H, W], differentiable in x.
 
     The output is view-major: row k·B + i is view k of image i, so labels repeat as
-    `y.repeat(K)` (what `lwise.attacks.pgd` does with `views=`).
+    `y.repeat(K)` (what `lwise.guide.attacks.pgd` does with `views=`).
     """
 
     def __init__(

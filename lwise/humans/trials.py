@@ -24,8 +24,8 @@ import numpy as np
 import pandas as pd
 from scipy.special import expit
 
-from lwise.atomic import write_csv
-from lwise.dirmap import csv_lines
+from lwise.core.atomic import write_csv
+from lwise.data.dirmap import csv_lines
 
 REQUIRED = ("participant", "image", "condition", "response", "correct")
 OPTIONAL = ("rt", "trial", "block", "class", "synthetic")

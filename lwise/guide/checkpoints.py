@@ -21,8 +21,8 @@ from typing import Any
 import dill
 import torch
 
-from lwise.atomic import atomic_path
-from lwise.models import ImageClassifier, build_model, head_name
+from lwise.core.atomic import atomic_path
+from lwise.guide.models import ImageClassifier, build_model, head_name
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ def _check_classes(net_state: Mapping[str, torch.Tensor], model: ImageClassifier
         raise CheckpointError(
             f"{path} has {net_state[key].shape[0]} classes but num_classes={model.num_classes} "
             "was requested; to fine-tune on other classes, load it as it is and call "
-            "lwise.models.replace_head"
+            "lwise.guide.models.replace_head"
         )
 
 

@@ -19,15 +19,15 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from lwise import dirmap
-from lwise.atomic import atomic_path
-from lwise.attacks import pgd, steps_for_eps
-from lwise.augment import MultiView
-from lwise.checkpoints import load_model
-from lwise.data import DirmapImages, eval_transform
-from lwise.imaging import FORMATS
-from lwise.models import prepare_fast
-from lwise.score import label_column_for, model_input_size
+from lwise.core.atomic import atomic_path
+from lwise.data import dirmap
+from lwise.data.imaging import FORMATS
+from lwise.data.loading import DirmapImages, eval_transform
+from lwise.guide.attacks import pgd, steps_for_eps
+from lwise.guide.augment import MultiView
+from lwise.guide.checkpoints import load_model
+from lwise.guide.models import prepare_fast
+from lwise.guide.score import label_column_for, model_input_size
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from lwise import dirmap
-from lwise.imaging import to_rgb
+from lwise.data import dirmap
+from lwise.data.imaging import to_rgb
 
 
 def eval_transform(size: int) -> v2.Compose:

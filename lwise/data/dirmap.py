@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from lwise.atomic import write_csv
+from lwise.core.atomic import write_csv
 
 REQUIRED = ("split", "class", "class_num", "im_path")
 SPLITS = ("train", "val", "test")

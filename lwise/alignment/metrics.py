@@ -22,7 +22,7 @@ from scipy import stats
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 
-from lwise.humans import ABSTAIN
+from lwise.humans.trials import ABSTAIN
 
 # Bootstrap replicates are drawn in chunks of about this many trial weights, bounding memory.
 _BOOT_CHUNK = 2_000_000

@@ -1,8 +1,8 @@
 """Projected gradient descent on the input of a classifier: enhancement and attacks.
 
 Model convention: `model(x)` takes images in [0, 1], shaped (B, 3, H, W), and returns logits;
-normalisation lives inside the model (`lwise.models.ImageClassifier`). The caller puts the model
-in eval mode (BatchNorm running statistics, no dropout), as robustness `AttackerModel` does.
+normalisation lives inside the model (`lwise.guide.models.ImageClassifier`). The caller puts the
+model in eval mode (BatchNorm running statistics, no dropout), as robustness `AttackerModel` does.
 
 Enhancement descends the objective's loss (raises the ground-truth evidence), an attack ascends
 it (L-WISE `enhance.py`: `targeted = not --attack`). The L2 attacker follows robustness
@@ -139,7 +139,7 @@ class _Objective:
             self.mask = mask
 
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
-        # Multi-view batches hold K views of each image, view-major (see lwise.augment).
+        # Multi-view batches hold K views of each image, view-major (see lwise.guide.augment).
         repeats = logits.shape[0] // len(self.y)
         y = self.y.repeat(repeats)
         logits = logits.float()  # fp32 loss even when the model ran in bf16
@@ -288,12 +288,12 @@ def pgd(
       loss is kept. robustness instead keeps the latest restart that is misclassified, which
       does not apply to enhancement; the best loss does.
     - `views`: callable turning x into K augmented views, view-major (e.g.
-      `lwise.augment.MultiView`); the loss is then averaged over the views at each step and
+      `lwise.guide.augment.MultiView`); the loss is then averaged over the views at each step and
       `use_best` is ignored: L-WISE `enhance_vit_aug.py` returns x_T.
     - `mode`: "reference" runs the model in fp32 like the robustness attacker; "fast" runs it
       under autocast to `fast_dtype` ("float16" or "bfloat16") on channels_last input, the
       loss and the iterate staying in fp32. Prepare the model once with
-      `lwise.models.prepare_fast` for the full speed-up. A half-precision gradient that is not
+      `lwise.guide.models.prepare_fast` for the full speed-up. A half-precision gradient that is not
       finite skips that sample's step, with a warning.
 
     The model must be in eval mode. Gradients are taken with respect to the input only, so

@@ -21,7 +21,7 @@ from typing import BinaryIO
 
 from tqdm import tqdm
 
-from lwise.archive import extract, is_archive
+from lwise.data.archive import extract, is_archive
 
 log = logging.getLogger(__name__)
 
@@ -280,8 +280,8 @@ def download_dataset(
     An entry `{builtin: name, options: {...}}` writes a bundled dataset instead of fetching.
     Fetched files stay in `downloads_dir`, so a rerun resumes or reuses them.
     """
-    from lwise.atomic import atomic_path
-    from lwise.builtin import BUILTIN_DATASETS
+    from lwise.core.atomic import atomic_path
+    from lwise.data.builtin import BUILTIN_DATASETS
 
     with atomic_path(raw_dir, directory=True) as tmp:
         for entry in sources:

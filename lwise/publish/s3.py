@@ -40,9 +40,9 @@ from botocore.exceptions import (
 from botocore.exceptions import ConnectionError as BotoConnectionError
 from tqdm import tqdm
 
-from lwise import dirmap
-from lwise.atomic import write_csv, write_text
-from lwise.dirmap import csv_lines
+from lwise.core.atomic import write_csv, write_text
+from lwise.data import dirmap
+from lwise.data.dirmap import csv_lines
 
 log = logging.getLogger(__name__)
 

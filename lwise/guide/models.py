@@ -2,7 +2,7 @@
 
 Every model the workflow uses is an `ImageClassifier`: images in [0, 1] go in, the wrapper
 normalises them (robustness `InputNormalize`), and the wrapped network returns logits. Weights
-come only from checkpoints (`lwise.checkpoints`); nothing is downloaded.
+come only from checkpoints (`lwise.guide.checkpoints`); nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ class ImageClassifier(nn.Module):
         self.arch = arch
         self.num_classes = num_classes
         self.class_names = list(class_names) if class_names is not None else None
-        self.training_args: dict = {}  # filled by lwise.checkpoints.load_model
+        self.training_args: dict = {}  # filled by lwise.guide.checkpoints.load_model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(self.normalize(x))
@@ -120,11 +120,11 @@ def build_model(
     pretrained: bool = False,
     class_names: Sequence[str] | None = None,
 ) -> ImageClassifier:
-    """A randomly initialised `ImageClassifier` (weights come from `lwise.checkpoints`)."""
+    """A randomly initialised `ImageClassifier` (weights come from `lwise.guide.checkpoints`)."""
     if pretrained:
         raise ValueError(
             "pretrained weights are never downloaded; give the checkpoint's path instead "
-            "(lwise.checkpoints.load_model)"
+            "(lwise.guide.checkpoints.load_model)"
         )
     if class_names is not None and len(class_names) != num_classes:
         raise ValueError(f"{len(class_names)} class names for {num_classes} classes")

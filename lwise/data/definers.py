@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from lwise import dirmap
+from lwise.data import dirmap
 
 log = logging.getLogger(__name__)
 

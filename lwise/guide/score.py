@@ -17,12 +17,12 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from lwise import dirmap
-from lwise.atomic import atomic_path, write_csv
-from lwise.attacks import FAST_DTYPES
-from lwise.checkpoints import load_model
-from lwise.data import DirmapImages, eval_transform
-from lwise.models import ImageClassifier, prepare_fast
+from lwise.core.atomic import atomic_path, write_csv
+from lwise.data import dirmap
+from lwise.data.loading import DirmapImages, eval_transform
+from lwise.guide.attacks import FAST_DTYPES
+from lwise.guide.checkpoints import load_model
+from lwise.guide.models import ImageClassifier, prepare_fast
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ def score(
 ) -> pd.DataFrame:
     """Score every image; write a new dirmap with the score columns and `difficulty`.
 
-    On a GPU the model runs fast (`lwise.models.prepare_fast`, autocast to `fast_dtype`).
+    On a GPU the model runs fast (`lwise.guide.models.prepare_fast`, autocast to `fast_dtype`).
     """
     if difficulty_scope not in ("dataset", "class"):
         raise ValueError(f"difficulty_scope {difficulty_scope!r}: expected 'dataset' or 'class'")

@@ -30,12 +30,12 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from tqdm import tqdm
 
-from lwise import dirmap
-from lwise.atomic import atomic_path, write_csv
-from lwise.attacks import FAST_DTYPES, pgd
-from lwise.checkpoints import load_model, save_checkpoint
-from lwise.data import DirmapImages, eval_transform, train_transform
-from lwise.models import ImageClassifier, build_model, head_name, replace_head
+from lwise.core.atomic import atomic_path, write_csv
+from lwise.data import dirmap
+from lwise.data.loading import DirmapImages, eval_transform, train_transform
+from lwise.guide.attacks import FAST_DTYPES, pgd
+from lwise.guide.checkpoints import load_model, save_checkpoint
+from lwise.guide.models import ImageClassifier, build_model, head_name, replace_head
 
 log = logging.getLogger(__name__)
 
@@ -467,7 +467,7 @@ def train(
 
 
 def main() -> None:
-    """Entry point for torchrun: `python -m lwise.train --config cfg.json ...`."""
+    """Entry point for torchrun: `python -m lwise.guide.train --config cfg.json ...`."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dirmap", required=True)
     parser.add_argument("--out-model", required=True)
@@ -502,7 +502,7 @@ def run_training(
     config.write_text(json.dumps(dataclasses.asdict(cfg)))
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={gpus}",
-        "-m", "lwise.train", "--dirmap", str(dirmap_csv), "--out-model", str(out_model),
+        "-m", "lwise.guide.train", "--dirmap", str(dirmap_csv), "--out-model", str(out_model),
         "--out-metrics", str(out_metrics), "--state-dir", str(state_dir), "--config", str(config),
     ]  # fmt: skip
     log.info("launching DistributedDataParallel on %d processes: %s", gpus, " ".join(cmd))

@@ -28,7 +28,8 @@ Python use (e.g. in a rule's script)::
 
 Command-line use (e.g. around `torchrun` in a `shell:` rule)::
 
-    python -m lwise.gpuslots --gpus {resources.gpu} -- torchrun --nproc-per-node {resources.gpu} ...
+    python -m lwise.core.gpuslots --gpus {resources.gpu} -- \
+        torchrun --nproc-per-node {resources.gpu} ...
 
 The wrapper replaces itself with the command (exec), which inherits the locks: the devices stay
 reserved until the command and any child still holding the lock files have exited.
@@ -309,7 +310,7 @@ def acquire_gpus(
 
 def _parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(
-        prog="python -m lwise.gpuslots",
+        prog="python -m lwise.core.gpuslots",
         description="Reserve GPUs, export CUDA_VISIBLE_DEVICES, and run a command on them. "
         "The reservation lasts exactly as long as the command.",
         usage="%(prog)s --gpus N [options] -- COMMAND [ARG ...]",
@@ -334,7 +335,7 @@ def _parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; on success it does not return: the process becomes the command."""
     args, command = _parse_args(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO, format="lwise.gpuslots: %(message)s")
+    logging.basicConfig(level=logging.INFO, format="lwise.core.gpuslots: %(message)s")
     try:
         with _hold(args.gpus, args.devices, args.lock_dir, args.timeout, 0.2) as (ids, fds):
             # exec rather than spawn a child: the command inherits the locked files, so the
@@ -349,13 +350,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             try:
                 os.execvp(command[0], command)
             except OSError as exc:
-                print(f"lwise.gpuslots: cannot run {command[0]!r}: {exc}", file=sys.stderr)
+                print(f"lwise.core.gpuslots: cannot run {command[0]!r}: {exc}", file=sys.stderr)
                 return 127 if isinstance(exc, FileNotFoundError) else 126
     except GpuSlotTimeout as exc:
-        print(f"lwise.gpuslots: {exc}", file=sys.stderr)
+        print(f"lwise.core.gpuslots: {exc}", file=sys.stderr)
         return 75  # EX_TEMPFAIL: trying again later may work
     except GpuSlotError as exc:
-        print(f"lwise.gpuslots: {exc}", file=sys.stderr)
+        print(f"lwise.core.gpuslots: {exc}", file=sys.stderr)
         return 2
     return 0  # not reached: execvp either replaced the process or raised
 

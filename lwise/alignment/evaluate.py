@@ -1,6 +1,6 @@
 """Stage 7: model-human alignment of the guide model and the effect of its enhanced stimuli.
 
-Analyses (definitions and sources in `lwise.metrics`):
+Analyses (definitions and sources in `lwise.alignment.metrics`):
 - difficulty prediction: does the guide model's ground-truth logit predict whether a person
   answers a *natural* image correctly (L-WISE `make_figs.ipynb`: per-trial logistic regression,
   3-SD outliers removed, stratified k-fold CV AUC with a bootstrap CI), and does it beat a
@@ -36,11 +36,13 @@ from PIL import Image
 from scipy import stats
 from tqdm import tqdm
 
-from lwise import dirmap, humans, metrics
-from lwise.atomic import atomic_path, write_csv
-from lwise.dirmap import csv_lines
-from lwise.humans import ABSTAIN
-from lwise.imaging import load_rgb
+from lwise.alignment import metrics
+from lwise.core.atomic import atomic_path, write_csv
+from lwise.data import dirmap
+from lwise.data.dirmap import csv_lines
+from lwise.data.imaging import load_rgb
+from lwise.humans import trials as humans
+from lwise.humans.trials import ABSTAIN
 
 log = logging.getLogger(__name__)
 
@@ -228,7 +230,8 @@ def simulate_trials(
     Images: the natural stimulus set's images of `split` (None: all), read from the files next to
     `natural_dirmap_csv`; the trials name them by key (`im_path`).
 
-    Observer model (`lwise.humans.simulate_observers`), independent of the guide model, so that
+    Observer model (`lwise.humans.trials.simulate_observers`), independent of the guide model,
+    so that
     the difficulty-prediction analysis is not circular:
       difficulty_j = difficulty_offset − difficulty_spread · signal_j + Normal(0, image_noise_sd),
         signal_j = mean z-score of ink fraction, RMS contrast and edge energy of the natural
@@ -857,7 +860,7 @@ def evaluate_alignment(
 
     Inputs: the natural stimulus set's dirmap (im_path = key; `logit_column`, `correct`, `class`,
     `split` per image), the other sets' dirmaps by name (`natural` may be included or not), and a
-    trials CSV (`lwise.humans` schema; `condition` = set name, `image` = key). Optional: a
+    trials CSV (`lwise.humans.trials` schema; `condition` = set name, `image` = key). Optional: a
     non-robust model's scored dirmap (logit column `vanilla_logit_column`, default
     `vanilla_gt_logit` else `robust_gt_logit`), the model's `probabilities_csv` (im_path + one
     softmax column per class; needed for VisAlign) and per-image human label distributions
