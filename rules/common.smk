@@ -36,20 +36,23 @@ def dataset_build(wildcards):
     return dataset_config(wildcards).get("build", {})
 
 
+# Each rules file appends a function dataset -> [paths] for what `rule all` builds.
+FINAL_OUTPUTS = []
+
+
 def final_outputs():
-    outputs = []
-    for dataset in DATASETS:
-        outputs += [
-            f"results/{dataset}/difficulty/dirmap.csv",
-            f"results/{dataset}/stimuli/contact_sheet.png",
-        ]
-        outputs.append(f"results/{dataset}/alignment_{human_source(dataset)}")
-        outputs += expand(
-            "results/{dataset}/upload/{set}/dirmap.csv",
-            dataset=dataset,
-            set=stimulus_set_names(dataset),
-        )
-    return outputs
+    return [path for dataset in DATASETS for outputs in FINAL_OUTPUTS for path in outputs(dataset)]
+
+
+def core_outputs(dataset):
+    return [
+        f"results/{dataset}/difficulty/dirmap.csv",
+        f"results/{dataset}/stimuli/contact_sheet.png",
+        f"results/{dataset}/alignment_{human_source(dataset)}",
+    ] + [f"results/{dataset}/upload/{name}/dirmap.csv" for name in stimulus_set_names(dataset)]
+
+
+FINAL_OUTPUTS.append(core_outputs)
 
 
 wildcard_constraints:
