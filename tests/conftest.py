@@ -109,7 +109,7 @@ def digits_folder(tmp_path_factory) -> Path:
     build(
         root / "dirmap.csv",
         root / "imagefolder",
-        BuildOptions(n_per_class={"train": 60, "val": 20}),
+        BuildOptions.from_config(dict(n_per_class={"train": 60, "val": 20})),
     )
     return root / "imagefolder"
 

@@ -5,7 +5,18 @@ import tarfile
 import pytest
 from httpserver import serve
 
-from lwise.data.download import ChecksumError, DownloadError, Source, download_dataset, fetch
+from lwise.data.download import (
+    ChecksumError,
+    DownloadConfig,
+    DownloadError,
+    Source,
+    download_dataset,
+    fetch,
+)
+
+
+def settings(**overrides) -> DownloadConfig:
+    return DownloadConfig.from_config(overrides)
 
 
 def _payload(n=300_000):
@@ -37,16 +48,16 @@ def test_http_fetch_verifies_sha256_and_md5(served, tmp_path):
         sha256=hashlib.sha256(data).hexdigest(),
         md5=hashlib.md5(data).hexdigest(),
     )
-    path = fetch(src, tmp_path / "dl", backoff=0)
+    path = fetch(src, tmp_path / "dl", settings(backoff=0))
     assert path.read_bytes() == data
-    fetch(src, tmp_path / "dl", backoff=0)  # cached: no second request
+    fetch(src, tmp_path / "dl", settings(backoff=0))  # cached: no second request
     assert len(served.requests) == 1
 
 
 def test_bad_checksum_never_sits_under_final_name(served, tmp_path):
     src = Source(f"{served.url}/blob.bin", sha256="0" * 64)
     with pytest.raises(ChecksumError, match=r"blob.bin: sha256 mismatch .*expected 0{64}, got"):
-        fetch(src, tmp_path / "dl", backoff=0)
+        fetch(src, tmp_path / "dl", settings(backoff=0))
     assert list((tmp_path / "dl").iterdir()) == []
 
 
@@ -54,7 +65,7 @@ def test_interrupted_download_resumes_with_range(served, tmp_path):
     served.cut_after, served.cuts_left = 100_000, 1
     data = _payload()
     src = Source(f"{served.url}/blob.bin", sha256=hashlib.sha256(data).hexdigest())
-    assert fetch(src, tmp_path / "dl", backoff=0).read_bytes() == data
+    assert fetch(src, tmp_path / "dl", settings(backoff=0)).read_bytes() == data
     assert [r["range"] for r in served.requests] == [None, "bytes=100000-"]
 
 
@@ -62,15 +73,15 @@ def test_partial_file_survives_failed_job_and_is_resumed(served, tmp_path):
     served.cut_after, served.cuts_left = 50_000, 1
     src = Source(f"{served.url}/blob.bin")
     with pytest.raises(DownloadError, match="after 1 attempt"):
-        fetch(src, tmp_path / "dl", retries=0)
+        fetch(src, tmp_path / "dl", settings(retries=0))
     assert (tmp_path / "dl/blob.bin.part").stat().st_size == 50_000
-    assert fetch(src, tmp_path / "dl", retries=0).read_bytes() == _payload()
+    assert fetch(src, tmp_path / "dl", settings(retries=0)).read_bytes() == _payload()
     assert served.requests[-1]["range"] == "bytes=50000-"
 
 
 def test_http_404_is_not_retried(served, tmp_path):
     with pytest.raises(DownloadError, match="404"):
-        fetch(Source(f"{served.url}/missing.zip"), tmp_path / "dl", retries=3, backoff=0)
+        fetch(Source(f"{served.url}/missing.zip"), tmp_path / "dl", settings(retries=3, backoff=0))
     assert len(served.requests) == 1
 
 
@@ -135,6 +146,10 @@ def test_s3_source_over_the_s3_protocol_with_resume(tmp_path):
         src = Source("s3://raw-data/sets/blob.bin", md5=hashlib.md5(data).hexdigest())
         (tmp_path / "dl").mkdir()
         (tmp_path / "dl/blob.bin.part").write_bytes(data[:50_000])  # an interrupted earlier try
-        assert fetch(src, tmp_path / "dl", s3_endpoint_url=endpoint).read_bytes() == data
+        assert fetch(src, tmp_path / "dl", settings(s3_endpoint_url=endpoint)).read_bytes() == data
         with pytest.raises(DownloadError, match="NoSuchKey"):
-            fetch(Source("s3://raw-data/missing.zip"), tmp_path / "dl", s3_endpoint_url=endpoint)
+            fetch(
+                Source("s3://raw-data/missing.zip"),
+                tmp_path / "dl",
+                settings(s3_endpoint_url=endpoint),
+            )

@@ -16,7 +16,7 @@ def held_out(digits_folder, tmp_path_factory):
     val["im_path"] = val["im_path"].map(lambda p: str(digits_folder / p))
     val["im_path"] = dirmap.relative_to(val["im_path"], root)
     dirmap.write(val.drop(columns=["orig_im_path"]), root / "recipe.csv")
-    build(root / "recipe.csv", root / "imagefolder", BuildOptions())
+    build(root / "recipe.csv", root / "imagefolder", BuildOptions.from_config())
     return root / "imagefolder"
 
 

@@ -21,7 +21,7 @@ def recipe(tmp_path):
 
 
 def test_plain_build_links_files_and_keeps_origin(recipe, tmp_path):
-    out = build(recipe, tmp_path / "if", BuildOptions())
+    out = build(recipe, tmp_path / "if", BuildOptions.from_config())
     assert len(out) == 19
     first = out.iloc[0]
     assert first["im_path"] == "train/ant/ant_train_0.png"
@@ -35,31 +35,37 @@ def test_plain_build_links_files_and_keeps_origin(recipe, tmp_path):
 
 
 def test_class_subset_renumbers_and_keeps_old_numbers(recipe, tmp_path):
-    out = build(recipe, tmp_path / "if", BuildOptions(classes=["bee", "cat"]))
+    out = build(recipe, tmp_path / "if", BuildOptions.from_config(dict(classes=["bee", "cat"])))
     pairs = out.drop_duplicates("class").set_index("class")
     assert pairs.loc["bee", "class_num"] == 0 and pairs.loc["cat", "class_num"] == 1
     assert pairs.loc["bee", "orig_class_num"] == 1 and pairs.loc["cat", "orig_class_num"] == 2
-    sub = build(recipe, tmp_path / "if2", BuildOptions(classes=["a"], classes_inclusive=True))
+    sub = build(
+        recipe,
+        tmp_path / "if2",
+        BuildOptions.from_config(dict(classes=["a"], classes_inclusive=True)),
+    )
     assert set(sub["class"]) == {"ant", "cat"}
     with pytest.raises(ValueError, match=r"class\(es\) \['cow'\] not in the dirmap"):
-        build(recipe, tmp_path / "if3", BuildOptions(classes=["cow"]))
+        build(recipe, tmp_path / "if3", BuildOptions.from_config(dict(classes=["cow"])))
     assert not (tmp_path / "if3").exists()
 
 
 def test_balanced_subsample_is_reproducible(recipe, tmp_path):
-    opts = BuildOptions(n_per_class={"train": 2})
+    opts = BuildOptions.from_config(dict(n_per_class={"train": 2}))
     a = build(recipe, tmp_path / "a", opts)
     b = build(recipe, tmp_path / "b", opts)
     assert a["im_path"].tolist() == b["im_path"].tolist()
     counts = a.groupby(["split", "class"]).size()
     assert (counts["train"] == 2).all()
     assert counts[("val", "ant")] == 3  # val not limited
-    other = build(recipe, tmp_path / "c", BuildOptions(n_per_class={"train": 2}, seed=5))
+    other = build(
+        recipe, tmp_path / "c", BuildOptions.from_config(dict(n_per_class={"train": 2}, seed=5))
+    )
     assert other["im_path"].tolist() != a["im_path"].tolist()
 
 
 def test_oversample_names_copies_distinctly(recipe, tmp_path):
-    out = build(recipe, tmp_path / "o", BuildOptions(oversample=True))
+    out = build(recipe, tmp_path / "o", BuildOptions.from_config(dict(oversample=True)))
     counts = out.groupby(["split", "class"]).size()
     assert (counts["train"] == 6).all() and (counts["val"] == 3).all()
     copies = out[out["copy"] > 0]
@@ -81,7 +87,9 @@ def test_resize_modes_and_format(tmp_path, mode, expected_red_at_edge):
     Image.fromarray(img).save(raw / "wide.png")
     definers.define("imagefolder", tmp_path / "raw", tmp_path / "d.csv")
     out = build(
-        tmp_path / "d.csv", tmp_path / "o", BuildOptions(resize=mode, size=(10, 10), format="jpeg")
+        tmp_path / "d.csv",
+        tmp_path / "o",
+        BuildOptions.from_config(dict(resize=mode, size=(10, 10), format="jpeg")),
     )
     assert out.loc[0, "im_path"] == "train/x/wide.jpg"
     with Image.open(tmp_path / "o/train/x/wide.jpg") as res:
@@ -102,7 +110,7 @@ def test_exif_orientation_and_modes_become_rgb(tmp_path):
     exif[0x0112] = 6  # rotate 90° on display
     rotated.save(folder / "rot.jpg", exif=exif)
     definers.define("imagefolder", tmp_path / "raw", tmp_path / "d.csv")
-    build(tmp_path / "d.csv", tmp_path / "o", BuildOptions())
+    build(tmp_path / "d.csv", tmp_path / "o", BuildOptions.from_config())
     for name in ("cmyk.jpg", "gray.png", "pal.png", "alpha.png", "rot.jpg"):
         with Image.open(tmp_path / "o/train/x" / name) as im:
             assert im.mode == "RGB", name
@@ -115,7 +123,7 @@ def test_exif_orientation_and_modes_become_rgb(tmp_path):
 def test_corrupt_image_is_skipped_and_reported(recipe, tmp_path):
     bad = tmp_path / "raw/train/bee/bee_train_1.png"
     bad.write_bytes(b"not a png at all")
-    out = build(recipe, tmp_path / "o", BuildOptions(resize="squash", size=8))
+    out = build(recipe, tmp_path / "o", BuildOptions.from_config(dict(resize="squash", size=8)))
     skipped = pd.read_csv(tmp_path / "o/skipped.csv")
     assert skipped["im_path"].tolist() == ["raw/train/bee/bee_train_1.png"]
     assert "UnidentifiedImageError" in skipped.loc[0, "error"]
@@ -124,7 +132,7 @@ def test_corrupt_image_is_skipped_and_reported(recipe, tmp_path):
 
 def test_bad_options_are_rejected():
     with pytest.raises(ValueError, match="resize 'stretch'"):
-        BuildOptions(resize="stretch", size=(2, 2))
+        BuildOptions.from_config(dict(resize="stretch", size=(2, 2)))
     with pytest.raises(ValueError, match="resize needs 'size'"):
-        BuildOptions(resize="crop")
+        BuildOptions.from_config(dict(resize="crop"))
     assert BuildOptions.from_config({"size": 32, "resize": "crop"}).size == (32, 32)

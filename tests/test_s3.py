@@ -56,13 +56,12 @@ def config(endpoint: str, **overrides) -> UploadConfig:
     fields = {"dataset": "Test_Set", "version": f"eps{0.5}", "run": uuid.uuid4().hex[:8]}
     options = {
         "bucket": "lwise-{dataset}-{version}-{run}",
-        "fields": fields,
         "endpoint_url": endpoint,
         "region": "eu-west-1",
         "max_workers": 4,
         "backoff_s": 0.01,
     }
-    return UploadConfig(**(options | overrides))
+    return UploadConfig.from_config(options | overrides, fields=fields)
 
 
 def client(endpoint: str, region: str = "eu-west-1"):
@@ -141,9 +140,9 @@ def test_key_prefix_and_urls():
 
 def test_config_rejects_bad_options():
     with pytest.raises(ValueError, match="addressing_style"):
-        UploadConfig(bucket="b", addressing_style="dns")
+        UploadConfig.from_config({"bucket": "b", "endpoint_url": None, "addressing_style": "dns"})
     with pytest.raises(ValueError, match="kms_key_id needs"):
-        UploadConfig(bucket="b", kms_key_id="k")
+        UploadConfig.from_config({"bucket": "b", "endpoint_url": None, "kms_key_id": "k"})
 
 
 # --- uploads against the local server ----------------------------------------------------------

@@ -21,6 +21,7 @@ from typing import BinaryIO
 
 from tqdm import tqdm
 
+from lwise.core.config import Section
 from lwise.data.archive import extract, is_archive
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,18 @@ class DownloadError(RuntimeError):
 
 class ChecksumError(ValueError):
     """A fetched file does not match its configured checksum."""
+
+
+@dataclass(frozen=True)
+class DownloadConfig(Section):
+    """How sources are fetched (the config's `download` section; defaults in the schema)."""
+
+    SECTION = "download"
+
+    retries: int  # attempts after the first, with exponential backoff
+    backoff: float  # seconds before the first retry
+    timeout: float  # seconds without data before a request is abandoned
+    s3_endpoint_url: str | None  # MinIO or another S3-compatible server; None means AWS
 
 
 @dataclass(frozen=True)
@@ -197,18 +210,14 @@ def _fetch_remote(
 
 
 def fetch(
-    source: Source,
-    downloads_dir: str | os.PathLike,
-    *,
-    retries: int = 5,
-    backoff: float = 1.0,
-    timeout: float = 60.0,
-    s3_endpoint_url: str | None = None,
+    source: Source, downloads_dir: str | os.PathLike, settings: DownloadConfig | None = None
 ) -> Path:
     """Return a verified local copy of `source`, downloading (or resuming) it when needed.
 
-    Local files are used where they are, after verification.
+    Local files are used where they are, after verification. `settings` None takes the
+    schema's defaults.
     """
+    settings = settings or DownloadConfig.from_config()
     if source.scheme in ("file", "local"):
         path = source.local_path()
         if not path.exists():
@@ -232,10 +241,10 @@ def fetch(
     _fetch_remote(
         source,
         part,
-        retries=retries,
-        backoff=backoff,
-        timeout=timeout,
-        s3_endpoint_url=s3_endpoint_url,
+        retries=settings.retries,
+        backoff=settings.backoff,
+        timeout=settings.timeout,
+        s3_endpoint_url=settings.s3_endpoint_url,
     )
     try:
         verify(part, source)
@@ -273,7 +282,7 @@ def download_dataset(
     sources: list[dict],
     raw_dir: str | os.PathLike,
     downloads_dir: str | os.PathLike,
-    **fetch_options,
+    settings: DownloadConfig | None = None,
 ) -> None:
     """Build a dataset's raw folder from its configured sources, atomically.
 
@@ -290,4 +299,4 @@ def download_dataset(
                 log.info("wrote builtin dataset %s (%d images)", entry["builtin"], n)
                 continue
             source = Source.from_config(entry)
-            place(fetch(source, downloads_dir, **fetch_options), source, tmp)
+            place(fetch(source, downloads_dir, settings), source, tmp)

@@ -6,7 +6,7 @@ import logging
 import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +15,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from lwise.core.atomic import atomic_path
+from lwise.core.config import Section
 from lwise.data import dirmap
 from lwise.data.imaging import FORMATS, RESIZE_MODES, load_rgb, resize
 
@@ -24,33 +25,33 @@ SKIPPED_COLUMNS = ["split", "class", "im_path", "error"]
 
 
 @dataclass(frozen=True)
-class BuildOptions:
-    """How to turn a recipe into an ImageFolder; every field is optional in the config."""
+class BuildOptions(Section):
+    """How to turn a recipe into an ImageFolder (a dataset's `build` section; defaults in the
+    schema): `BuildOptions.from_config({"classes": ["cat", "dog"]})`."""
 
-    classes: list[str] | None = None
-    classes_inclusive: bool = False  # match class names by substring
-    n_per_class: dict[str, int] = field(default_factory=dict)  # split -> images per class
-    oversample: bool = False
-    resize: str | None = None  # None, "squash" or "crop"
-    size: tuple[int, int] | None = None
-    format: str | None = None  # None keeps each file's format
-    jpeg_quality: int = 95
-    seed: int = 0
+    SECTION = "build"
+
+    classes: list[str] | None
+    classes_inclusive: bool  # match class names by substring
+    n_per_class: dict[str, int]  # split -> images per class
+    oversample: bool
+    resize: str | None  # None, "squash" or "crop"
+    size: tuple[int, int] | None
+    format: str | None  # None keeps each file's format
+    jpeg_quality: int
+    seed: int
 
     def __post_init__(self):
         if isinstance(self.size, int):
             object.__setattr__(self, "size", (self.size, self.size))
+        elif isinstance(self.size, list):
+            object.__setattr__(self, "size", tuple(self.size))
         if self.resize is not None and self.resize not in RESIZE_MODES:
             raise ValueError(f"resize {self.resize!r}: expected one of {RESIZE_MODES} or null")
         if self.resize is not None and self.size is None:
             raise ValueError("resize needs 'size'")
         if self.format is not None and self.format not in FORMATS:
             raise ValueError(f"format {self.format!r}: expected one of {sorted(FORMATS)} or null")
-
-    @classmethod
-    def from_config(cls, cfg: dict) -> BuildOptions:
-        size = cfg.get("size")
-        return cls(**{**cfg, "size": tuple(size) if isinstance(size, list) else size})
 
 
 def select_classes(df: pd.DataFrame, names: list[str], inclusive: bool) -> pd.DataFrame:

@@ -25,7 +25,7 @@ import urllib.parse
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import boto3
 import pandas as pd
@@ -41,6 +41,8 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 from tqdm import tqdm
 
 from lwise.core.atomic import write_csv, write_text
+from lwise.core.config import Section
+from lwise.core.keys import object_key
 from lwise.data import dirmap
 from lwise.data.dirmap import csv_lines
 
@@ -144,7 +146,7 @@ def object_url(
 
 
 @dataclass(frozen=True)
-class UploadConfig:
+class UploadConfig(Section):
     """Where and how to upload one image set.
 
     `bucket` and `key_prefix` are templates filled from `fields` (see `bucket_name`): one
@@ -155,18 +157,20 @@ class UploadConfig:
     exponential backoff from `backoff_s`.
     """
 
+    SECTION = "upload"
+
     bucket: str
-    fields: Mapping[str, object] = field(default_factory=dict)
-    key_prefix: str = ""
-    endpoint_url: str | None = None
-    region: str | None = None
-    addressing_style: str = "auto"
-    public_read: bool = False
-    sse: str | None = None
-    kms_key_id: str | None = None
-    max_workers: int = 8
-    retries: int = 5
-    backoff_s: float = 1.0
+    key_prefix: str
+    endpoint_url: str | None  # the resolved URL: `from_config(cfg, endpoint_url=...)`
+    region: str | None
+    addressing_style: str
+    public_read: bool
+    sse: str | None
+    kms_key_id: str | None
+    max_workers: int
+    retries: int
+    backoff_s: float
+    fields: Mapping[str, object] = field(default_factory=dict)  # not config: filled per set
 
     def __post_init__(self) -> None:
         if self.addressing_style not in ADDRESSING_STYLES:
@@ -360,16 +364,14 @@ def _put_if_changed(
 
 
 def _object_keys(df: pd.DataFrame, source: Path, prefix: str) -> pd.Series:
-    paths = df["im_path"].str.replace("\\", "/", regex=False)
-    bad = paths.map(
-        lambda p: PurePosixPath(p).is_absolute() or ".." in PurePosixPath(p).parts or ":" in p
-    ).astype(bool)
+    object_keys = df["im_path"].map(lambda p: object_key(p, prefix))
+    bad = object_keys.isna()
     if bad.any():
         raise dirmap.DirmapError(
             f"{source}: 'im_path' must be relative and stay inside the image root "
             f"(no '..', no drive) at line(s) {csv_lines(df, bad)}"
         )
-    return prefix + paths
+    return object_keys
 
 
 def upload_image_set(

@@ -16,6 +16,16 @@ STARTUP_TIMEOUT_S = 30
 LOCAL_CREDENTIALS = {"aws_access_key_id": "lwise-local", "aws_secret_access_key": "lwise-local"}
 
 
+def session_for(endpoint_setting: str | None):
+    """The boto3 session for `upload.endpoint_url`: moto accepts any keys, so the "local"
+    server gets fixed ones; None (AWS) and real URLs use the standard AWS credential chain."""
+    if endpoint_setting != "local":
+        return None
+    import boto3
+
+    return boto3.Session(**LOCAL_CREDENTIALS)
+
+
 def moto_executable() -> Path:
     exe = Path(sys.executable).with_name("moto_server")
     if not exe.is_file():
