@@ -136,3 +136,39 @@ def test_bad_options_are_rejected():
     with pytest.raises(ValueError, match="resize needs 'size'"):
         BuildOptions.from_config(dict(resize="crop"))
     assert BuildOptions.from_config({"size": 32, "resize": "crop"}).size == (32, 32)
+
+
+def _png16(path, array):
+    """A 16-bit-per-channel PNG (grey or RGB) written by hand: PIL cannot write 16-bit RGB."""
+    import struct
+    import zlib
+
+    height, width = array.shape[:2]
+    colour = 0 if array.ndim == 2 else 2
+    rows = b"".join(b"\x00" + array[y].astype(">u2").tobytes() for y in range(height))
+
+    def chunk(kind, data):
+        crc = struct.pack(">I", zlib.crc32(kind + data))
+        return struct.pack(">I", len(data)) + kind + data + crc
+
+    header = struct.pack(">IIBBBBB", width, height, 16, colour, 0, 0, 0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_16bit_images_are_scaled_to_8bit_not_clipped(tmp_path, channels):
+    ramp = np.linspace(0, 65535, 32 * 32).reshape(32, 32).astype(np.uint16)
+    array = ramp if channels == 1 else np.stack([ramp, ramp[::-1], np.full_like(ramp, 30000)], -1)
+    _png16(tmp_path / "raw/train/a/ramp.png", array)
+    definers.define("imagefolder", tmp_path / "raw", tmp_path / "d.csv")
+    build(tmp_path / "d.csv", tmp_path / "o", BuildOptions.from_config({"format": "png"}))
+    out = np.asarray(Image.open(tmp_path / "o/train/a/ramp.png").convert("RGB")).astype(int)
+    expected = np.rint(ramp / 257.0)
+    assert len(np.unique(out[..., 0])) > 200  # a smooth ramp, not 0/255
+    assert np.abs(out[..., 0] - expected).max() <= 1
+    if channels == 3:
+        assert np.abs(out[..., 2] - 30000 / 257).max() <= 1
