@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -14,7 +15,7 @@ class FileServer(ThreadingHTTPServer):
     def __init__(self, root: Path):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.root = root
-        self.requests: list[dict] = []  # (path, Range header) of every GET
+        self.requests: list[dict] = []  # path, Range and If-Range headers of every GET
         self.cut_after: int | None = None  # send this many body bytes, then drop the connection
         self.cuts_left = 0
 
@@ -32,11 +33,17 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         path = self.server.root / self.path.lstrip("/")
         rng = self.headers.get("Range")
-        self.server.requests.append({"path": self.path, "range": rng})
+        self.server.requests.append(
+            {"path": self.path, "range": rng, "if_range": self.headers.get("If-Range")}
+        )
         if not path.is_file():
             self.send_error(404)
             return
         data = path.read_bytes()
+        etag = '"' + hashlib.sha256(data).hexdigest()[:16] + '"'
+        if_range = self.headers.get("If-Range")
+        if rng and if_range is not None and if_range != etag:
+            rng = None  # RFC 9110: a changed file is sent whole
         start = 0
         if rng:
             start = int(rng.removeprefix("bytes=").split("-")[0])
@@ -48,6 +55,7 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self.send_response(200)
         body = data[start:]
+        self.send_header("ETag", etag)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         if self.server.cuts_left and self.server.cut_after is not None:

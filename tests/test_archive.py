@@ -2,9 +2,16 @@ import io
 import tarfile
 import zipfile
 
+import numpy as np
 import pytest
 
-from lwise.data.archive import UnsafeArchiveError, extract, is_archive
+from lwise.data.archive import (
+    ArchiveTooLargeError,
+    ExtractLimits,
+    UnsafeArchiveError,
+    extract,
+    is_archive,
+)
 
 
 def _tar(path, members, mode="w:gz"):
@@ -38,6 +45,7 @@ def test_extracts_zip_and_tar_formats(tmp_path):
     "member, message",
     [
         ({"name": "../evil.txt", "data": b"x"}, "escapes"),
+        ({"name": "ok/../../evil.txt", "data": b"x"}, "escapes"),  # '..' after the first part
         ({"name": "/etc/evil.txt", "data": b"x"}, "absolute"),
         ({"name": "ok/link", "link": "../../outside"}, "outside"),
         ({"name": "ok/abs", "link": "/etc/passwd"}, "absolute"),
@@ -77,3 +85,51 @@ def test_link_inside_target_is_allowed(tmp_path):
 def test_is_archive():
     assert is_archive("x.TAR.GZ") and is_archive("y.zip") and is_archive("z.tgz")
     assert not is_archive("metadata.csv")
+
+
+def test_zip_member_with_dotdot_after_the_first_part_is_refused_before_writing(tmp_path):
+    z = tmp_path / "bad.zip"
+    with zipfile.ZipFile(z, "w") as zf:
+        zf.writestr("fine.txt", "1")
+        zf.writestr("ok/../../evil.txt", "x")
+    with pytest.raises(UnsafeArchiveError, match="escapes"):
+        extract(z, tmp_path / "out" / "deep")
+    assert not (tmp_path / "out/deep/fine.txt").exists()
+    assert not (tmp_path / "out/evil.txt").exists()
+
+
+def _zip_bomb(path, megabytes):
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("readme.txt", "small")
+        zf.writestr("zeros.bin", bytes(megabytes << 20))
+    return path
+
+
+@pytest.mark.parametrize("kind", ["zip", "tar.gz"])
+def test_archive_expanding_beyond_the_ratio_limit_is_refused_and_writes_nothing(tmp_path, kind):
+    if kind == "zip":
+        archive = _zip_bomb(tmp_path / "bomb.zip", 8)
+    else:
+        archive = _tar(tmp_path / "bomb.tar.gz", [{"name": "zeros.bin", "data": bytes(8 << 20)}])
+    assert archive.stat().st_size < 100_000  # 8 MiB of zeros compress about 1000-fold
+    with pytest.raises(ArchiveTooLargeError, match="max_expansion_ratio"):
+        extract(archive, tmp_path / "out", ExtractLimits(max_bytes=1 << 40, max_ratio=100))
+    assert not any((tmp_path / "out").rglob("*"))
+    # The same archive passes when the user raises the ratio.
+    extract(archive, tmp_path / "ok", ExtractLimits(max_bytes=1 << 40, max_ratio=10_000))
+    assert (tmp_path / "ok/zeros.bin").stat().st_size == 8 << 20
+
+
+def test_archive_beyond_the_total_size_limit_is_refused(tmp_path):
+    archive = _zip_bomb(tmp_path / "big.zip", 2)
+    with pytest.raises(ArchiveTooLargeError, match="max_extracted_gib"):
+        extract(archive, tmp_path / "out", ExtractLimits(max_bytes=1 << 20, max_ratio=1e9))
+
+
+def test_default_limits_pass_an_ordinary_image_archive(tmp_path):
+    from lwise.data.download import DownloadConfig
+
+    rng = np.random.default_rng(0)
+    archive = _tar(tmp_path / "images.tar.gz", [{"name": "a.jpg", "data": rng.bytes(50_000)}])
+    extract(archive, tmp_path / "out", DownloadConfig.from_config().limits)
+    assert (tmp_path / "out/a.jpg").stat().st_size == 50_000

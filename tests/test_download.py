@@ -79,6 +79,46 @@ def test_partial_file_survives_failed_job_and_is_resumed(served, tmp_path):
     assert served.requests[-1]["range"] == "bytes=50000-"
 
 
+def test_resumed_download_never_splices_two_versions_of_a_changed_file(served, tmp_path):
+    served.cut_after, served.cuts_left = 50_000, 1
+    src = Source(f"{served.url}/blob.bin")  # no checksum: only If-Range can tell
+    with pytest.raises(DownloadError):
+        fetch(src, tmp_path / "dl", settings(retries=0))
+    first_etag = served.requests[-1]
+    new = bytes(reversed(_payload()))
+    (served.root / "blob.bin").write_bytes(new)
+    assert fetch(src, tmp_path / "dl", settings(retries=0)).read_bytes() == new
+    last = served.requests[-1]
+    assert last["range"] == "bytes=50000-" and last["if_range"] is not None
+    assert first_etag["if_range"] is None
+    assert not list((tmp_path / "dl").glob("*.part*"))
+
+
+def test_partial_file_without_recorded_version_or_checksum_starts_over(served, tmp_path):
+    (tmp_path / "dl").mkdir()
+    (tmp_path / "dl/blob.bin.part").write_bytes(b"x" * 1000)  # of unknown origin
+    src = Source(f"{served.url}/blob.bin")
+    assert fetch(src, tmp_path / "dl", settings(retries=0)).read_bytes() == _payload()
+    assert served.requests[-1]["range"] is None
+
+
+@pytest.mark.parametrize("name", ["../../escaped.tar.gz", "a/b.zip", "..", "/abs.zip", "c\\d.zip"])
+def test_source_filename_must_be_one_path_component(name):
+    with pytest.raises(ValueError, match="filename"):
+        Source("http://127.0.0.1/x.zip", filename=name)
+
+
+def test_zip_bomb_source_fails_the_job_and_leaves_no_raw_folder(tmp_path):
+    import zipfile
+
+    bomb = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("zeros.bin", bytes(16 << 20))
+    with pytest.raises(ValueError, match="max_expansion_ratio"):
+        download_dataset([{"url": str(bomb)}], tmp_path / "raw", tmp_path / "dl")
+    assert not (tmp_path / "raw").exists()
+
+
 def test_http_404_is_not_retried(served, tmp_path):
     with pytest.raises(DownloadError, match="404"):
         fetch(Source(f"{served.url}/missing.zip"), tmp_path / "dl", settings(retries=3, backoff=0))

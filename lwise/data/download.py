@@ -22,7 +22,7 @@ from typing import BinaryIO
 from tqdm import tqdm
 
 from lwise.core.config import Section
-from lwise.data.archive import extract, is_archive
+from lwise.data.archive import ExtractLimits, extract, is_archive
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,12 @@ class DownloadConfig(Section):
     backoff: float  # seconds before the first retry
     timeout: float  # seconds without data before a request is abandoned
     s3_endpoint_url: str | None  # MinIO or another S3-compatible server; None means AWS
+    max_extracted_gib: float  # what one archive may expand to
+    max_expansion_ratio: float  # extracted bytes per archive byte (zip bombs reach 1000s)
+
+    @property
+    def limits(self) -> ExtractLimits:
+        return ExtractLimits(int(self.max_extracted_gib * 2**30), self.max_expansion_ratio)
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,17 @@ class Source:
     filename: str | None = None
     extract: bool | None = None  # None: extract when the name looks like an archive
     nested: bool = False  # also extract archives found inside (Dataverse bundles zips in a zip)
+
+    def __post_init__(self) -> None:
+        # The name is joined to the downloads folder: one plain path component only.
+        name = self.filename
+        if name is not None and (
+            name in ("", ".", "..") or "/" in name or "\\" in name or ":" in name
+        ):
+            raise ValueError(
+                f"source {self.url!r}: filename {name!r} must be a single file name "
+                "(no '/', '\\', ':', '.' or '..')"
+            )
 
     @classmethod
     def from_config(cls, entry: dict) -> Source:
@@ -76,7 +93,7 @@ class Source:
             return self.filename
         path = urllib.parse.urlparse(self.url).path if self.scheme != "local" else self.url
         name = os.path.basename(urllib.parse.unquote(path).rstrip("/"))
-        if not name:
+        if name in ("", ".", ".."):
             raise ValueError(f"source {self.url!r}: cannot derive a file name; set 'filename'")
         return name
 
@@ -111,38 +128,61 @@ def verify(path: Path, source: Source) -> None:
                 )
 
 
-# --- remote readers: each returns (stream, total size or None, whether the offset was honoured)
+# --- remote readers: each returns (stream, total size or None, whether the offset was honoured,
+# the version validator of what is sent: a strong ETag or Last-Modified, or None)
 
 
-def _open_http(url: str, offset: int, timeout: float) -> tuple[BinaryIO, int | None, bool]:
+def _open_http(
+    url: str, offset: int, timeout: float, validator: str | None
+) -> tuple[BinaryIO, int | None, bool, str | None]:
     request = urllib.request.Request(url, headers={"User-Agent": "lwise-download"})
     if offset:
         request.add_header("Range", f"bytes={offset}-")
+        # RFC 9110 If-Range: the rest only if the file is still the version the part came from;
+        # otherwise the server sends the whole new file (200).
+        if validator:
+            request.add_header("If-Range", validator)
     try:
         response = urllib.request.urlopen(request, timeout=timeout)
     except urllib.error.HTTPError as err:
         if err.code == 416 and offset:  # nothing left to fetch: the partial file is complete
-            return _EmptyStream(), offset, True
+            return _EmptyStream(), offset, True, validator
         raise
+    etag = response.headers.get("ETag")
+    version = etag if etag and not etag.startswith("W/") else response.headers.get("Last-Modified")
     if response.status == 206:
         total = response.headers.get("Content-Range", "").rpartition("/")[2]
-        return response, int(total) if total.isdigit() else None, True
+        return response, int(total) if total.isdigit() else None, True, version
     length = response.headers.get("Content-Length")
-    return response, int(length) if length else None, False
+    return response, int(length) if length else None, False, version
 
 
-def _open_s3(url: str, offset: int, endpoint_url: str | None) -> tuple[BinaryIO, int | None, bool]:
+def _open_s3(
+    url: str, offset: int, endpoint_url: str | None, validator: str | None
+) -> tuple[BinaryIO, int | None, bool, str | None]:
     import boto3
+    from botocore.exceptions import ClientError
 
     parsed = urllib.parse.urlparse(url)
     client = boto3.client("s3", endpoint_url=endpoint_url)
     kwargs = {"Bucket": parsed.netloc, "Key": parsed.path.lstrip("/")}
     if offset:
         kwargs["Range"] = f"bytes={offset}-"
-    response = client.get_object(**kwargs)
+        if validator:
+            kwargs["IfMatch"] = validator
+    try:
+        response = client.get_object(**kwargs)
+    except ClientError as err:
+        if offset and err.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412"):
+            # The object changed since the partial download: fetch it whole.
+            kwargs.pop("Range"), kwargs.pop("IfMatch", None)
+            response = client.get_object(**kwargs)
+            return response["Body"], response["ContentLength"], False, response.get("ETag")
+        raise
     if offset and "ContentRange" in response:
-        return response["Body"], int(response["ContentRange"].rpartition("/")[2]), True
-    return response["Body"], response["ContentLength"], False
+        total = int(response["ContentRange"].rpartition("/")[2])
+        return response["Body"], total, True, response.get("ETag")
+    return response["Body"], response["ContentLength"], False, response.get("ETag")
 
 
 class _EmptyStream:
@@ -171,16 +211,40 @@ def _fetch_remote(
     timeout: float,
     s3_endpoint_url: str | None,
 ) -> None:
+    # The version the partial file came from, so that a resume never splices two versions.
+    version_file = part.with_name(part.name + ".version")
     for attempt in range(retries + 1):
         offset = part.stat().st_size if part.exists() else 0
+        validator = version_file.read_text() if version_file.exists() else None
+        if offset and validator is None and not (source.sha256 or source.md5):
+            log.info(
+                "%s: %s has no recorded version (ETag/Last-Modified) and no checksum is "
+                "configured, so it cannot be resumed safely; starting over",
+                source.url,
+                part.name,
+            )
+            offset = 0
         try:
             if source.scheme == "s3":
-                stream, total, resumed = _open_s3(source.url, offset, s3_endpoint_url)
+                stream, total, resumed, version = _open_s3(
+                    source.url, offset, s3_endpoint_url, validator
+                )
             else:
-                stream, total, resumed = _open_http(source.url, offset, timeout)
+                stream, total, resumed, version = _open_http(
+                    source.url, offset, timeout, validator
+                )
             if offset and not resumed:
-                log.info("%s: server ignored the Range request; starting over", source.url)
+                log.info(
+                    "%s: the file changed on the server since %s was started (If-Range did not "
+                    "match), or the server ignores ranges; starting over",
+                    source.url,
+                    part.name,
+                )
                 offset = 0
+            if version and not offset:
+                version_file.write_text(version)
+            elif not offset:
+                version_file.unlink(missing_ok=True)
             with (
                 open(part, "ab" if offset else "wb") as out,
                 tqdm(
@@ -196,6 +260,7 @@ def _fetch_remote(
             size = part.stat().st_size
             if total is not None and size < total:
                 raise http.client.IncompleteRead(b"", total - size)
+            version_file.unlink(missing_ok=True)
             return
         except Exception as err:  # noqa: BLE001 - classified by _retryable
             if not _retryable(err) or attempt == retries:
@@ -256,19 +321,19 @@ def fetch(
     return final
 
 
-def place(path: Path, source: Source, raw_dir: Path) -> None:
+def place(path: Path, source: Source, raw_dir: Path, limits: ExtractLimits) -> None:
     """Put a fetched source into the raw folder: extract archives, link or copy the rest."""
     if path.is_dir():
         (raw_dir / source.name).symlink_to(path.resolve(), target_is_directory=True)
     elif source.should_extract:
         log.info("extracting %s", path)
-        members = extract(path, raw_dir)
+        members = extract(path, raw_dir, limits)
         log.info("extracted %d members from %s", len(members), path.name)
         if source.nested:
             for inner in sorted(members):
                 if is_archive(inner) and (raw_dir / inner).is_file():
                     log.info("extracting nested %s", inner)
-                    extract(raw_dir / inner, (raw_dir / inner).parent)
+                    extract(raw_dir / inner, (raw_dir / inner).parent, limits)
                     (raw_dir / inner).unlink()
     else:
         target = raw_dir / source.name
@@ -292,6 +357,7 @@ def download_dataset(
     from lwise.core.atomic import atomic_path
     from lwise.data.builtin import BUILTIN_DATASETS
 
+    settings = settings or DownloadConfig.from_config()
     with atomic_path(raw_dir, directory=True) as tmp:
         for entry in sources:
             if "builtin" in entry:
@@ -299,4 +365,4 @@ def download_dataset(
                 log.info("wrote builtin dataset %s (%d images)", entry["builtin"], n)
                 continue
             source = Source.from_config(entry)
-            place(fetch(source, downloads_dir, settings), source, tmp)
+            place(fetch(source, downloads_dir, settings), source, tmp, settings.limits)
