@@ -36,6 +36,10 @@ def dataset_build(wildcards):
     return dataset_config(wildcards).get("build", {})
 
 
+def dataset_image_roots(wildcards):
+    return dataset_config(wildcards).get("image_roots", [])
+
+
 # Each rules file appends a function dataset -> [paths] for what `rule all` builds.
 FINAL_OUTPUTS = []
 

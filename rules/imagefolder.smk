@@ -1,7 +1,8 @@
 rule imagefolder:
     """Build <split>/<class>/<file> plus dirmap.csv and skipped.csv from the dataset's dirmap."""
     input:
-        "results/{dataset}/dirmap.csv",
+        dirmap="results/{dataset}/dirmap.csv",
+        raw="results/{dataset}/raw",
     output:
         directory("results/{dataset}/imagefolder"),
     log:
@@ -16,5 +17,6 @@ rule imagefolder:
         runtime=240,
     params:
         build=dataset_build,
+        image_roots=dataset_image_roots,
     script:
         "../workflow/scripts/imagefolder.py"

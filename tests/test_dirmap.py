@@ -71,3 +71,30 @@ def test_write_orders_rows_and_columns(tmp_path):
     assert list(out.columns) == ["split", "class", "class_num", "im_path", "extra"]
     assert list(out["im_path"]) == ["t1.png", "t2.png", "v.png"]
     assert pd.read_csv(tmp_path / "d.csv")["extra"].tolist() == [3, 2, 1]
+
+
+def test_non_utf8_dirmap_names_the_file_and_line(tmp_path):
+    path = tmp_path / "dirmap.csv"
+    path.write_bytes(b"split,class,class_num,im_path\ntrain,caf\xe9,0,a.png\n")
+    with pytest.raises(dirmap.DirmapError, match=r"dirmap.csv: not UTF-8 text.*line 2"):
+        dirmap.read(path, check_files=False)
+
+
+def test_empty_dirmap_file_is_a_clear_error(tmp_path):
+    path = tmp_path / "dirmap.csv"
+    path.write_bytes(b"")
+    with pytest.raises(dirmap.DirmapError, match="dirmap.csv: the file is empty"):
+        dirmap.read(path)
+
+
+def test_header_only_dirmap_is_refused_where_it_is_read(tmp_path):
+    path = tmp_path / "dirmap.csv"
+    path.write_text("split,class,class_num,im_path\n")
+    with pytest.raises(dirmap.DirmapError, match="header but no rows"):
+        dirmap.read(path)
+
+
+def test_existing_image_named_through_dotdot_is_not_reported_missing(tmp_path):
+    make_image(tmp_path / "train/cat/a.png")
+    path = _write(tmp_path, [_row(im="nothere/../train/cat/a.png")])
+    assert dirmap.read(path).loc[0, "im_path"] == "nothere/../train/cat/a.png"

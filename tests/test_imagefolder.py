@@ -7,7 +7,7 @@ from conftest import make_image, make_imagefolder
 from PIL import Image
 
 from lwise.data import definers, dirmap
-from lwise.data.imagefolder import BuildOptions, build
+from lwise.data.imagefolder import BuildOptions, build, dataset_roots
 
 
 @pytest.fixture
@@ -172,3 +172,47 @@ def test_16bit_images_are_scaled_to_8bit_not_clipped(tmp_path, channels):
     assert np.abs(out[..., 0] - expected).max() <= 1
     if channels == 3:
         assert np.abs(out[..., 2] - 30000 / 257).max() <= 1
+
+
+def test_dirmap_paths_that_leave_the_dataset_are_refused_not_copied(tmp_path):
+    private = tmp_path / "outside" / "private_photo.png"
+    make_image(private)
+    raw = tmp_path / "ds" / "raw"
+    make_image(raw / "train/a/ok.png")
+    rows = [
+        {"split": "train", "class": "a", "class_num": 0, "im_path": "raw/train/a/ok.png"},
+        {"split": "train", "class": "a", "class_num": 0,
+         "im_path": "raw/../../outside/private_photo.png"},
+        {"split": "train", "class": "a", "class_num": 0, "im_path": str(private)},
+    ]  # fmt: skip
+    pd.DataFrame(rows).to_csv(tmp_path / "ds/dirmap.csv", index=False)
+    roots = dataset_roots(raw)
+    escape = r"outside the dataset's folders at line\(s\) 3, 4"
+    with pytest.raises(dirmap.DirmapError, match=escape):
+        build(tmp_path / "ds/dirmap.csv", tmp_path / "ds/if", BuildOptions.from_config(), 1, roots)
+    assert not (tmp_path / "ds/if").exists()
+    # Listed explicitly by the user, the outside folder is allowed.
+    out = build(
+        tmp_path / "ds/dirmap.csv",
+        tmp_path / "ds/if",
+        BuildOptions.from_config(),
+        1,
+        dataset_roots(raw, [str(tmp_path / "outside")]),
+    )
+    assert len(out) == 3
+
+
+def test_images_of_a_linked_local_source_are_inside_the_dataset(tmp_path):
+    mine = tmp_path / "mine"
+    make_image(mine / "train/a/x.png")
+    raw = tmp_path / "ds" / "raw"
+    raw.mkdir(parents=True)
+    (raw / "mine").symlink_to(mine, target_is_directory=True)
+    pd.DataFrame(
+        [{"split": "train", "class": "a", "class_num": 0, "im_path": "raw/mine/train/a/x.png"}]
+    ).to_csv(tmp_path / "ds/dirmap.csv", index=False)
+    out = build(
+        tmp_path / "ds/dirmap.csv", tmp_path / "ds/if", BuildOptions.from_config(), 1,
+        dataset_roots(raw),
+    )  # fmt: skip
+    assert len(out) == 1

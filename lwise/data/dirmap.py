@@ -72,7 +72,10 @@ def problems(df: pd.DataFrame, root: Path | None) -> list[str]:
     if dup.any():
         out.append(f"duplicate 'im_path' at line(s) {csv_lines(df, dup)}")
     if root is not None:
-        exists = df["im_path"].map(lambda p: isinstance(p, str) and (root / p).is_file())
+        # normpath: "a/../b.png" names b.png even when no folder "a" exists.
+        exists = df["im_path"].map(
+            lambda p: isinstance(p, str) and Path(os.path.normpath(root / p)).is_file()
+        )
         if not exists.all():
             first = df.loc[~exists, "im_path"].iloc[0]
             out.append(
@@ -92,13 +95,69 @@ def validate(
     return df
 
 
-def read(path: str | os.PathLike, *, check_files: bool = True) -> pd.DataFrame:
-    """Read and validate a dirmap; `class_num` comes back as int."""
+def _read_csv(path: Path) -> pd.DataFrame:
+    try:
+        df = pd.read_csv(path, dtype={c: str for c in TEXT_COLUMNS}, encoding="utf-8")
+    except UnicodeDecodeError:
+        data = path.read_bytes()
+        try:
+            data.decode("utf-8")
+            pos = 0
+        except UnicodeDecodeError as err:
+            pos = err.start
+        line = data.count(b"\n", 0, pos) + 1
+        raise DirmapError(
+            f"{path}: not UTF-8 text: byte {data[pos : pos + 1]!r} at line {line}; "
+            "save the CSV as UTF-8"
+        ) from None
+    except pd.errors.EmptyDataError:
+        raise DirmapError(
+            f"{path}: the file is empty; expected a header line with {list(REQUIRED)}"
+        ) from None
+    except pd.errors.ParserError as err:
+        raise DirmapError(f"{path}: not a valid CSV: {err}") from None
+    if df.empty and not missing_columns(df):
+        raise DirmapError(f"{path}: has a header but no rows: a dirmap lists at least one image")
+    return df
+
+
+def missing_columns(df: pd.DataFrame) -> list[str]:
+    return [c for c in REQUIRED if c not in df.columns]
+
+
+def outside(df: pd.DataFrame, folder: Path, roots: list[Path]) -> pd.Series:
+    """Rows whose image, resolved (links followed), lies in none of `roots`."""
+    resolved = [r.resolve() for r in roots]
+
+    def escapes(p) -> bool:
+        full = (folder / str(p)).resolve()
+        return not any(full.is_relative_to(r) for r in resolved)
+
+    return df["im_path"].map(escapes).astype(bool)
+
+
+def read(
+    path: str | os.PathLike, *, check_files: bool = True, roots: list[Path] | None = None
+) -> pd.DataFrame:
+    """Read and validate a dirmap; `class_num` comes back as int.
+
+    With `roots`, every image must resolve inside one of those folders (a dirmap from a
+    download must not reach files elsewhere on the machine)."""
     path = Path(path)
     if not path.is_file():
         raise DirmapError(f"{path}: dirmap not found")
-    df = pd.read_csv(path, dtype={c: str for c in TEXT_COLUMNS})
+    df = _read_csv(path)
     validate(df, path, check_files=check_files)
+    if roots is not None:
+        bad = outside(df, path.parent, roots)
+        if bad.any():
+            first = df.loc[bad, "im_path"].iloc[0]
+            raise DirmapError(
+                f"{path}: image path(s) outside the dataset's folders at line(s) "
+                f"{csv_lines(df, bad)}, e.g. {first!r}; images must lie under "
+                f"{', '.join(str(r) for r in roots)} (list other folders in the dataset's "
+                "'image_roots')"
+            )
     df["class_num"] = pd.to_numeric(df["class_num"]).astype(int)
     return df
 

@@ -159,12 +159,26 @@ def _write_one(src: Path, dests: list[Path], opts: BuildOptions) -> str | None:
     return None
 
 
+def dataset_roots(raw_dir: str | os.PathLike, extra: list[str] | None = None) -> list[Path]:
+    """Where a dataset's images may live: its raw folder, the local folders its sources link
+    into it (as `download` places them), and folders the user lists (`image_roots`)."""
+    raw = Path(raw_dir)
+    linked = [p.resolve() for p in raw.iterdir() if p.is_symlink()] if raw.is_dir() else []
+    return [raw, *linked, *(Path(p) for p in extra or [])]
+
+
 def build(
-    recipe_csv: str | os.PathLike, out_dir: str | os.PathLike, opts: BuildOptions, threads: int = 4
+    recipe_csv: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    opts: BuildOptions,
+    threads: int = 4,
+    roots: list[Path] | None = None,
 ) -> pd.DataFrame:
-    """Build the ImageFolder at `out_dir` atomically; unreadable images go to `skipped.csv`."""
+    """Build the ImageFolder at `out_dir` atomically; unreadable images go to `skipped.csv`.
+
+    With `roots` (see `dataset_roots`), an image outside them is an error, never copied."""
     recipe_csv, out_dir = Path(recipe_csv), Path(out_dir)
-    df = dirmap.read(recipe_csv)
+    df = dirmap.read(recipe_csv, roots=roots)
     if opts.classes:
         df = select_classes(df, opts.classes, opts.classes_inclusive)
     if opts.n_per_class:
