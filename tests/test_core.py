@@ -76,3 +76,17 @@ def test_section_errors_name_the_key_and_value():
         _Download.from_config({"retries": "two"})
     with pytest.raises(config.ConfigError, match="retry"):
         _Download.from_config({"retry": 1})
+
+
+def test_a_rerun_removes_temporary_outputs_left_by_a_killed_attempt(tmp_path):
+    from lwise.core.atomic import atomic_path
+
+    final = tmp_path / "stimuli" / "logit_eps2"
+    stale = tmp_path / "stimuli" / ".logit_eps2.tmp-abc123"
+    (stale / "train").mkdir(parents=True)
+    (stale / "train" / "x.png").write_bytes(b"half")
+    other = tmp_path / "stimuli" / ".logit_eps20.tmp-keep"  # another output's: left alone
+    other.mkdir()
+    with atomic_path(final, directory=True) as tmp:
+        (tmp / "dirmap.csv").write_text("ok")
+    assert sorted(p.name for p in final.parent.iterdir()) == [".logit_eps20.tmp-keep", "logit_eps2"]

@@ -293,3 +293,67 @@ def test_refuses_to_overwrite_input(s3_endpoint, tmp_path):
         upload_image_set(
             dirmap_csv, tmp_path / "images", config(s3_endpoint), dirmap_csv, tmp_path / "d.json"
         )
+
+
+def test_local_s3_server_dies_with_a_killed_run(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from lwise.publish.s3local import answers, free_port
+
+    port = free_port()
+    run = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; from lwise.publish.s3local import LocalServer; "
+         "LocalServer(int(sys.argv[1]), sys.argv[2]).start(); print('up', flush=True); "
+         "time.sleep(120)", str(port), str(tmp_path)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert run.stdout.readline().strip() == "up"
+    assert answers(f"http://127.0.0.1:{port}/")
+    run.send_signal(signal.SIGKILL)  # no onerror/onsuccess handler runs
+    run.wait()
+    deadline = time.monotonic() + 15
+    while answers(f"http://127.0.0.1:{port}/") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not answers(f"http://127.0.0.1:{port}/")
+
+
+def test_next_run_stops_a_server_left_by_an_earlier_run(tmp_path):
+    import subprocess
+
+    from lwise.publish.s3local import LocalServer, answers, free_port, moto_executable
+
+    port = free_port()
+    leftover = subprocess.Popen(
+        [str(moto_executable()), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        server = LocalServer(port, tmp_path)
+        import time
+
+        while not answers(server.url):
+            time.sleep(0.1)
+        server.pid_file.write_text(str(leftover.pid))  # as the killed run recorded it
+        server.start()
+        assert leftover.wait(timeout=10) is not None
+        assert answers(server.url) and server.proc.pid != leftover.pid
+        server.stop()
+        assert not server.pid_file.exists()
+    finally:
+        leftover.kill()
+        leftover.wait()
+
+
+def test_a_port_held_by_something_else_is_still_an_error(tmp_path):
+    from httpserver import serve
+
+    from lwise.publish.s3local import LocalServer
+
+    with serve(tmp_path) as other:
+        server = LocalServer(other.server_address[1], tmp_path)
+        with pytest.raises(RuntimeError, match="already in use"):
+            server.start()

@@ -6,6 +6,7 @@ An interrupted job must never leave a file that Snakemake (or a user) would take
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import shutil
 import tempfile
@@ -18,6 +19,9 @@ import pandas as pd
 def _temp_sibling(path: Path, *, directory: bool) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     prefix = f".{path.name}.tmp-"
+    # Left by a killed earlier attempt (Snakemake never runs two jobs for one output at once).
+    for stale in path.parent.glob(f"{glob.escape(prefix)}*"):
+        _remove(stale)
     if directory:
         return Path(tempfile.mkdtemp(prefix=prefix, dir=path.parent))
     fd, name = tempfile.mkstemp(prefix=prefix, dir=path.parent)
