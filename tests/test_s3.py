@@ -357,3 +357,16 @@ def test_a_port_held_by_something_else_is_still_an_error(tmp_path):
         server = LocalServer(other.server_address[1], tmp_path)
         with pytest.raises(RuntimeError, match="already in use"):
             server.start()
+
+
+def test_rejected_credentials_are_named_as_such_not_as_bucket_ownership(tmp_path, monkeypatch):
+    from s3server import moto_s3_server
+
+    monkeypatch.setenv("INITIAL_NO_AUTH_ACTION_COUNT", "0")  # moto checks keys from the start
+    with moto_s3_server() as endpoint:
+        csv = make_set(tmp_path)
+        rejected = r"credentials rejected \(InvalidAccessKeyId\)"
+        with pytest.raises(S3CredentialsError, match=rejected):
+            upload_image_set(
+                csv, tmp_path / "images", config(endpoint), tmp_path / "o.csv", tmp_path / "o.json"
+            )

@@ -283,6 +283,16 @@ def _ensure_bucket(client, bucket: str, region: str, cfg: UploadConfig) -> None:
                 f"bucket {bucket!r} is in region {actual!r}, not {region!r}; set region: {actual}"
             ) from err
         if status == 403:
+            # A HEAD reply has no body, so no error code: ask again with a GET to tell rejected
+            # credentials from a bucket that is not ours.
+            try:
+                client.list_objects_v2(Bucket=bucket, MaxKeys=1)
+            except ClientError as probe:
+                code = probe.response.get("Error", {}).get("Code", "")
+                if code in _BAD_CREDENTIALS:
+                    raise _explain(probe, bucket, "HeadBucket") from err
+            except BotoCoreError:
+                pass
             raise S3AccessDenied(
                 f"HeadBucket on bucket {bucket!r}: access denied; either another account owns a "
                 "bucket of that name (choose another) or the credentials lack s3:ListBucket on it"
