@@ -216,3 +216,23 @@ def test_images_of_a_linked_local_source_are_inside_the_dataset(tmp_path):
         dataset_roots(raw),
     )  # fmt: skip
     assert len(out) == 1
+
+
+def test_subset_numbers_classes_by_sorted_name_and_keeps_a_finer_orig_class_num(tmp_path):
+    # Rows in an order that is not sorted by name, with ImageNet indices already present.
+    rows = []
+    for cls, num, orig in (("tabby", 0, 281), ("beagle", 1, 162), ("albatross", 2, 146)):
+        path = make_image(tmp_path / f"raw/{cls}.png")
+        rows.append({"split": "train", "class": cls, "class_num": num,
+                     "im_path": path.relative_to(tmp_path).as_posix(), "orig_class_num": orig})
+    pd.DataFrame(rows).to_csv(tmp_path / "dirmap.csv", index=False)  # fmt: skip
+    opts = BuildOptions.from_config({"classes": ["tabby", "albatross"]})
+    out = build(tmp_path / "dirmap.csv", tmp_path / "if", opts).set_index("class")
+    assert out.loc["albatross", "class_num"] == 0 and out.loc["tabby", "class_num"] == 1
+    assert out.loc["albatross", "orig_class_num"] == 146  # not overwritten by the old class_num
+    assert out.loc["tabby", "orig_class_num"] == 281
+
+
+def test_empty_class_list_is_a_config_error(tmp_path):
+    with pytest.raises(ValueError, match=r"build\.classes \[\].*(short|non-empty)"):
+        BuildOptions.from_config({"classes": []})
