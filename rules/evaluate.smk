@@ -47,6 +47,8 @@ rule evaluate_alignment:
         runtime=60,
     params:
         evaluation=config["evaluation"],
+        # The column the score_difficulty rule wrote the guide model's logit to.
+        logit_column=lambda wildcards: scoring_settings(wildcards)["gt_logit_column"],
         sets=stimulus_set_names_of,
         extras=human_extras,
     script:

@@ -5,15 +5,42 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from PIL import Image
 
-from lwise.alignment import evaluate
+from lwise.alignment import abstention, consistency, enhancement, evaluate, plots
+from lwise.alignment.analysis import ANALYSES, EvaluationConfig
+from lwise.alignment.inputs import AlignmentDataError
+from lwise.alignment.summary import SUMMARY_COLUMNS
+from lwise.alignment.visalign import visalign
+from lwise.core import keys
 from lwise.data import dirmap
+from lwise.humans import simulate as simulation
 from lwise.humans import trials as humans
 
 CLASSES = ["ant", "bee", "cow"]
 N_VAL, N_TRAIN = 10, 2  # per class
 SETS = ["natural", "logit_eps1", "logit_eps2"]
+LOGIT = "robust_gt_logit"  # the scoring stage's default gt_logit_column
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = ROOT / "schemas" / "config.schema.yaml"
+
+
+def config_section(name: str) -> dict:
+    """A section of config.yaml with the schema's defaults filled in, as the rules get it."""
+    from snakemake.utils import validate
+
+    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    validate(config, str(SCHEMA))
+    return config[name]
+
+
+def evaluation(**overrides) -> EvaluationConfig:
+    return EvaluationConfig.from_dict(config_section("evaluation") | overrides)
+
+
+def simulation_config(**overrides) -> simulation.SimulationConfig:
+    return simulation.SimulationConfig.from_dict(config_section("simulation") | overrides)
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
@@ -96,26 +123,26 @@ def set_dirmaps(data) -> dict[str, Path]:
 
 def simulate(data, out: Path, **kwargs) -> pd.DataFrame:
     options = dict(n_participants=60, boost_per_eps=1.5, seed=3) | kwargs
-    return evaluate.simulate_trials(data["natural"], SETS, out, **options)
+    return simulation.simulate_observers(data["natural"], SETS, out, simulation_config(**options))
 
 
 # --- helpers -----------------------------------------------------------------------------------
 
 
 def test_set_epsilon():
-    assert evaluate.set_epsilon("natural") == 0
-    assert evaluate.set_epsilon("logit_eps2") == 2
-    assert evaluate.set_epsilon("logit_eps0.5") == 0.5
-    assert evaluate.set_epsilon("cross_entropy_eps10") == 10
+    assert keys.set_epsilon("natural") == 0
+    assert keys.set_epsilon("logit_eps2") == 2
+    assert keys.set_epsilon("logit_eps0.5") == 0.5
+    assert keys.set_epsilon("cross_entropy_eps10") == 10
     with pytest.raises(ValueError, match="'clahe_2': cannot read an epsilon"):
-        evaluate.set_epsilon("clahe_2")
+        keys.set_epsilon("clahe_2")
 
 
 def test_image_key(tmp_path):
     csv = tmp_path / "difficulty" / "dirmap.csv"
-    key = evaluate.image_key(csv, "../imagefolder/val/3/d.png", tmp_path / "imagefolder")
+    key = keys.image_key(csv, "../imagefolder/val/3/d.png", tmp_path / "imagefolder")
     assert key == "val/3/d.png"
-    assert evaluate.image_key(csv, "val/3/d.png") == "val/3/d.png"
+    assert keys.image_key(csv, "val/3/d.png") == "val/3/d.png"
 
 
 def test_image_statistics(tmp_path):
@@ -124,7 +151,7 @@ def test_image_statistics(tmp_path):
     arr = np.full((32, 32), 255, np.uint8)
     arr[8:24, 8:24] = 0  # a quarter of the image is ink
     Image.fromarray(arr).save(square)
-    table = evaluate.image_statistics([blank, square])
+    table = simulation.image_statistics([blank, square])
     assert table.loc[0].tolist() == [0.0, 0.0, 0.0]
     assert table.loc[1, "ink_fraction"] == pytest.approx(0.25, abs=0.03)
     assert table.loc[1, "rms_contrast"] > 0.3 and table.loc[1, "edge_energy"] > 0
@@ -164,7 +191,9 @@ def test_simulate_trials_rejects_unknown_split_and_set_names(data, tmp_path):
     ):
         simulate(data, tmp_path / "t.csv", split="test")
     with pytest.raises(ValueError, match="'clahe': cannot read an epsilon"):
-        evaluate.simulate_trials(data["natural"], ["natural", "clahe"], tmp_path / "t.csv")
+        simulation.simulate_observers(
+            data["natural"], ["natural", "clahe"], tmp_path / "t.csv", simulation_config()
+        )
     assert not (tmp_path / "t.csv").exists()
 
 
@@ -176,9 +205,9 @@ def test_evaluate_alignment_on_simulated_observers(data, tmp_path):
     simulate(data, trials_csv)
     out = tmp_path / "alignment"
     tables = evaluate.evaluate_alignment(
-        data["natural"], set_dirmaps(data), trials_csv, out,
-        key_root=data["key_root"], vanilla_dirmap_csv=data["vanilla"],
-        probabilities_csv=data["probabilities"], folds=5, n_boot=100,
+        data["natural"], set_dirmaps(data), trials_csv, out, evaluation(folds=5, n_boot=100),
+        logit_column=LOGIT, key_root=data["key_root"], vanilla_dirmap_csv=data["vanilla"],
+        probabilities_csv=data["probabilities"],
     )  # fmt: skip
     expected = {
         "difficulty_prediction.csv", "enhancement_effect.csv", "consistency.csv", "visalign.csv",
@@ -230,7 +259,7 @@ def test_evaluate_alignment_on_simulated_observers(data, tmp_path):
     assert len(images) == N_VAL * len(CLASSES) and images["hellinger"].between(0, 1).all()
 
     summary = pd.read_csv(out / "summary.csv")
-    assert list(summary.columns) == evaluate.SUMMARY_COLUMNS
+    assert list(summary.columns) == SUMMARY_COLUMNS
     assert summary["synthetic"].all()
     metrics = set(summary["metric"])
     assert {"difficulty_cv_auc", "cv_auc_difference", "human_accuracy", "error_consistency",
@@ -271,7 +300,7 @@ def test_deterministic_correctness_gives_perfect_prediction(data, tmp_path):
     out = tmp_path / "alignment"
     tables = evaluate.evaluate_alignment(
         data["natural"], {"logit_eps2": data["logit_eps2"]}, trials_csv, out,
-        folds=5, n_boot=50, outliers_sd=None,
+        evaluation(folds=5, n_boot=50, outliers_sd=None), logit_column=LOGIT,
     )  # fmt: skip
     row = tables["difficulty_prediction"].iloc[0]
     assert row["n_trials"] == 4 * N_VAL * len(CLASSES)
@@ -291,8 +320,9 @@ def test_deterministic_correctness_gives_perfect_prediction(data, tmp_path):
 
 def run(data, trials_csv, out, **kwargs):
     return evaluate.evaluate_alignment(
-        data["natural"], set_dirmaps(data), trials_csv, out, folds=5, n_boot=20, **kwargs
-    )
+        data["natural"], set_dirmaps(data), trials_csv, out, evaluation(folds=5, n_boot=20),
+        logit_column=LOGIT, **kwargs,
+    )  # fmt: skip
 
 
 def test_bad_trials_csv_gives_the_validator_error(data, tmp_path):
@@ -313,19 +343,19 @@ def test_trials_must_match_the_stimulus_sets(data, tmp_path):
     trials = deterministic_trials(data, trials_csv)
     bad = tmp_path / "bad.csv"
     humans.write_trials(trials.assign(condition="logit_eps9"), bad)
-    with pytest.raises(evaluate.AlignmentDataError, match=r"bad\.csv: column 'condition'"):
+    with pytest.raises(AlignmentDataError, match=r"bad\.csv: column 'condition'"):
         run(data, bad, tmp_path / "out")
     humans.write_trials(trials.assign(image="val/ant/nope.png"), bad)
     with pytest.raises(
-        evaluate.AlignmentDataError, match=r"\['val/ant/nope\.png'\] not in stimulus set"
+        AlignmentDataError, match=r"\['val/ant/nope\.png'\] not in stimulus set"
     ):
         run(data, bad, tmp_path / "out")
     humans.write_trials(trials[trials["condition"] != "natural"], bad)
-    with pytest.raises(evaluate.AlignmentDataError, match="no trials in condition 'natural'"):
+    with pytest.raises(AlignmentDataError, match="no trials in condition 'natural'"):
         run(data, bad, tmp_path / "out")
     # Synthetic trials cannot be passed off as human data.
     humans.write_trials(trials.assign(synthetic=True), bad)
-    with pytest.raises(evaluate.AlignmentDataError, match="marked synthetic"):
+    with pytest.raises(AlignmentDataError, match="marked synthetic"):
         run(data, bad, tmp_path / "out", synthetic=False)
 
 
@@ -335,10 +365,10 @@ def test_probabilities_must_cover_classes_and_images(data, tmp_path):
     probs = pd.read_csv(data["probabilities"])
     bad = tmp_path / "difficulty" / "bad.csv"
     probs.drop(columns="cow").to_csv(bad, index=False)
-    with pytest.raises(evaluate.AlignmentDataError, match=r"missing class column\(s\) \['cow'\]"):
+    with pytest.raises(AlignmentDataError, match=r"missing class column\(s\) \['cow'\]"):
         run(data, trials_csv, tmp_path / "out", probabilities_csv=bad, key_root=data["key_root"])
     probs.iloc[1:].to_csv(bad, index=False)
-    with pytest.raises(evaluate.AlignmentDataError, match="no row for 1 natural image"):
+    with pytest.raises(AlignmentDataError, match="no row for 1 natural image"):
         run(data, trials_csv, tmp_path / "out", probabilities_csv=bad, key_root=data["key_root"])
 
 
@@ -352,7 +382,9 @@ def test_visalign_zero_distance_and_reliability():
         {"image": ["i1", "i2"], "x": [0.81, 0.0], "y": [0.09, 0.0], "abstain": [0.1, 1.0]}
     )
     images = pd.DataFrame({"class": ["x", "y"], "split": ["val", "val"]}, index=["i1", "i2"])
-    per_image, summary = evaluate.visalign(human, probs, images, ["x", "y"], costs=(0, 2))
+    per_image, summary = visalign(
+        human, probs, images, ["x", "y"], costs=(0, 2), abstention="msp"
+    )
     assert per_image["hellinger"].iloc[0] == pytest.approx(0, abs=1e-12)
     assert 0 < per_image["hellinger"].iloc[1] < 1
     assert per_image["model_decision"].tolist() == ["x", "abstain"]
@@ -366,14 +398,67 @@ def test_plots_say_synthetic(data, tmp_path):
     natural_trials = trials[trials["condition"] == "natural"]
     logit = dirmap.read(data["natural"]).set_index("im_path")["robust_gt_logit"]
     for synthetic in (True, False):
-        fig = evaluate.plot_difficulty_curve(natural_trials, logit, synthetic=synthetic)
+        fig = plots.plot_difficulty_curve(
+            natural_trials, logit, logit_column=LOGIT, synthetic=synthetic
+        )
         assert ("(synthetic observers)" in fig.axes[0].get_title()) is synthetic
         sets = {n: dirmap.read(data[n], check_files=False) for n in SETS}
-        effect = evaluate.enhancement_effect(trials, sets)
-        fig = evaluate.plot_enhancement_effect(effect, synthetic=synthetic)
+        effect = enhancement.enhancement_effect(trials, sets)
+        fig = plots.plot_enhancement_effect(effect, synthetic=synthetic)
         assert ("(synthetic observers)" in fig.axes[0].get_title()) is synthetic
         model = pd.Series(dirmap.read(data["natural"]).set_index("im_path")["correct"])
-        fig = evaluate.plot_consistency(
-            evaluate.consistency(natural_trials, model, n_boot=20), synthetic=synthetic
+        fig = plots.plot_consistency(
+            consistency.consistency(natural_trials, model, n_boot=20, seed=0), synthetic=synthetic
         )
         assert ("(synthetic observers)" in fig._suptitle.get_text()) is synthetic
+
+
+# --- registries and config --------------------------------------------------------------------
+
+
+def test_registries_match_the_schema():
+    schema = yaml.safe_load(SCHEMA.read_text())["properties"]["evaluation"]["properties"]
+    assert sorted(schema["analyses"]["items"]["enum"]) == sorted(ANALYSES)
+    assert sorted(schema["analyses"]["default"]) == sorted(ANALYSES)
+    assert sorted(schema["abstention"]["enum"]) == sorted(abstention.ABSTENTION)
+    assert schema["abstention"]["default"] in abstention.ABSTENTION
+
+
+@pytest.mark.parametrize("method", list(abstention.ABSTENTION))
+def test_abstention_methods_give_probabilities(method):
+    probs = np.array([[0.7, 0.2, 0.1], [1 / 3, 1 / 3, 1 / 3], [1.0, 0.0, 0.0]])
+    a = abstention.abstention_probability(method, abstention.ModelOutputs(probs))
+    assert a.shape == (3,) and ((a >= 0) & (a <= 1)).all()
+    assert a[1] >= a[0] >= a[2]  # the uniform output abstains most, the certain one least
+
+
+def test_config_sections_name_every_field():
+    section = config_section("evaluation")
+    section["fold"] = section.pop("folds")
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['fold'\], missing .* \['folds'\]"):
+        EvaluationConfig.from_dict(section)
+    section = config_section("simulation")
+    del section["slope"]
+    with pytest.raises(ValueError, match=r"missing key\(s\) \['slope'\]"):
+        simulation.SimulationConfig.from_dict(section)
+
+
+@pytest.mark.parametrize("name", list(ANALYSES))
+def test_each_analysis_runs_alone(data, tmp_path, name):
+    """An analysis run alone writes what it writes in the full run, and only that."""
+    trials_csv = tmp_path / "trials.csv"
+    deterministic_trials(data, trials_csv)
+    inputs = dict(key_root=data["key_root"], probabilities_csv=data["probabilities"])
+    run(data, trials_csv, tmp_path / "all", **inputs)
+    alone = evaluate.evaluate_alignment(
+        data["natural"], set_dirmaps(data), trials_csv, tmp_path / name,
+        evaluation(folds=5, n_boot=20, analyses=[name]), logit_column=LOGIT, **inputs,
+    )  # fmt: skip
+    files = {p.name for p in (tmp_path / name).iterdir()}
+    assert "summary.csv" in files and files < {p.name for p in (tmp_path / "all").iterdir()}
+    for file in files - {"summary.csv"}:
+        assert (tmp_path / name / file).read_bytes() == (tmp_path / "all" / file).read_bytes()
+    own = (tmp_path / name / "summary.csv").read_text().splitlines()
+    everything = (tmp_path / "all" / "summary.csv").read_text().splitlines()
+    assert len(own) > 1 and set(own) <= set(everything)
+    assert set(alone) == {f.removesuffix(".csv") for f in files if f.endswith(".csv")}

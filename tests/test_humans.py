@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from lwise.alignment.metrics import condition_accuracy
+from lwise.humans import simulate as simulation
 from lwise.humans import trials as humans
 
 CLASSES = ["bear", "cat", "dog", "horse"]
@@ -113,6 +114,10 @@ def test_response_distributions(tmp_path):
 
 # --- simulated observers ------------------------------------------------------------------------
 
+# The observer of the schema's defaults (schemas/config.schema.yaml, `simulation`).
+OBSERVER = {"slope": 1.0, "ability_sd": 0.5, "lapse": 0.02, "abstain_max": 0.1}
+
+
 
 def images(n: int = 40, difficulty: float | None = None) -> pd.DataFrame:
     rng = np.random.default_rng(0)
@@ -128,7 +133,7 @@ def images(n: int = 40, difficulty: float | None = None) -> pd.DataFrame:
 def simulate(**overrides) -> pd.DataFrame:
     options = {"images": images(), "conditions": {"natural": 0.0, "eps1": 1.0, "eps4": 3.0},
                "n_participants": 30, "trials_per_participant": 60, "seed": 1}  # fmt: skip
-    return humans.simulate_observers(**(options | overrides))
+    return simulation.psychometric_trials(**(options | OBSERVER | overrides))
 
 
 def test_simulation_is_reproducible_and_valid(tmp_path):

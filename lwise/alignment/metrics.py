@@ -194,10 +194,10 @@ def difficulty_auc(
     correct,
     logit,
     *,
-    folds: int = 10,
-    n_boot: int = 1000,
-    seed: int = 0,
-    outliers_sd: float | None = 3.0,
+    folds: int,
+    n_boot: int,
+    seed: int,
+    outliers_sd: float | None,
 ) -> dict[str, float]:
     """How well a per-trial model score (e.g. `robust_gt_logit`) predicts human correctness.
 
@@ -241,10 +241,10 @@ def compare_auc(
     logit_a,
     logit_b,
     *,
-    folds: int = 10,
-    n_boot: int = 1000,
-    seed: int = 0,
-    outliers_sd: float | None = 3.0,
+    folds: int,
+    n_boot: int,
+    seed: int,
+    outliers_sd: float | None,
 ) -> dict[str, float]:
     """CV AUC of score A minus CV AUC of score B on the same trials, with a paired bootstrap CI.
 
@@ -444,8 +444,10 @@ def model_vs_human(
 def max_softmax_abstention(probs) -> np.ndarray:
     """Abstention probability a = 1 - max softmax (MSP).
 
-    VisAlign's own entropy-based score inverts the direction for MSP-type methods (see the
-    notes); 1 - MSP is the fix it suggests. It lies in [0, 1 - 1/K], so it never abstains fully.
+    VisAlign's `evaluate_visual_alignment.py` (Lee et al., NeurIPS 2023) takes a = 1 - the
+    min-max normalised softmax entropy for MSP-type methods, which inverts the direction
+    (confident images abstain); 1 - MSP keeps it. It lies in [0, 1 - 1/K], so it never abstains
+    fully.
     """
     return 1.0 - _distributions(probs, "probs").max(axis=1)
 

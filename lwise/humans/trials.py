@@ -1,4 +1,5 @@
-"""Human data: per-trial responses, per-image label distributions, and simulated observers.
+"""Human data: per-trial responses and per-image label distributions (simulated observers are in
+`lwise.humans.simulate`).
 
 Trials CSV, one row per trial:
   required `participant, image, condition, response, correct`;
@@ -17,12 +18,11 @@ Errors name the file, the column and the first offending CSV lines (the header i
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.special import expit
 
 from lwise.core.atomic import write_csv
 from lwise.data.dirmap import csv_lines
@@ -35,6 +35,11 @@ _TRUE, _FALSE = {"1", "1.0", "true"}, {"0", "0.0", "false"}
 
 class HumanDataError(ValueError):
     """A human-data table breaks its format; the message names file, column and lines."""
+
+
+def class_names(dirmap: pd.DataFrame) -> list[str]:
+    """A dataset's classes in `class_num` order: the response options of its trials."""
+    return dirmap.drop_duplicates("class").sort_values("class_num")["class"].astype(str).tolist()
 
 
 def _text(df: pd.DataFrame) -> pd.DataFrame:
@@ -256,111 +261,3 @@ def response_distributions(trials: pd.DataFrame, classes: Sequence[str]) -> pd.D
     out["n_responses"] = n
     out.columns.name = None
     return out.reset_index()
-
-
-# --- simulated observers ------------------------------------------------------------------------
-
-
-def simulate_observers(
-    images: pd.DataFrame,
-    conditions: Mapping[str, float],
-    *,
-    n_participants: int,
-    trials_per_participant: int,
-    classes: Sequence[str] | None = None,
-    difficulty_col: str = "difficulty",
-    slope: float = 1.0,
-    ability_sd: float = 0.5,
-    lapse: float = 0.02,
-    abstain_max: float = 0.1,
-    seed: int = 0,
-) -> pd.DataFrame:
-    """Synthetic trials from a psychometric observer model (marked `synthetic=True`).
-
-    `images` has columns `image`, `class` and `difficulty_col`, a latent difficulty in logit
-    units that must not come from the guide model (e.g. an image-statistics proxy).
-    `conditions` maps each condition name to its boost in the same units (e.g. larger
-    enhancement epsilon, larger boost). `classes` is the response set (default: the classes
-    present in `images`); K = len(classes).
-
-    Model, per participant i (ability_i ~ Normal(0, ability_sd)) and trial on image j in
-    condition c:
-        p_correct = g + (1 - g - lapse) * sigmoid(slope * (ability_i + boost_c - difficulty_j)),
-        g = 1/K (guessing), `lapse` = attention lapses.
-    The response is the true class with probability p_correct. Otherwise it is an error: an
-    abstention with probability abstain_max * (1 - sigmoid(...)), so abstaining is likeliest
-    near chance and vanishes on easy trials, else a class drawn uniformly among the K - 1 wrong
-    ones. P(correct) therefore stays exactly p_correct, which is returned per trial.
-
-    Each participant sees images in a random order (reshuffled after every pass when
-    `trials_per_participant` exceeds the number of images) with conditions balanced across
-    trials in random order.
-    """
-    missing = [c for c in ("image", "class", difficulty_col) if c not in images.columns]
-    if missing:
-        raise ValueError(f"images table lacks column(s) {missing}; found {list(images.columns)}")
-    if images.empty or images["image"].duplicated().any():
-        raise ValueError("images table must list each image once and not be empty")
-    difficulty = pd.to_numeric(images[difficulty_col], errors="coerce").to_numpy(dtype=float)
-    if not np.isfinite(difficulty).all():
-        raise ValueError(f"images column '{difficulty_col}' must hold finite numbers")
-    classes = sorted(set(images["class"])) if classes is None else list(classes)
-    k = len(classes)
-    if k < 2 or len(set(classes)) != k or ABSTAIN in classes:
-        raise ValueError(f"classes must be >= 2 distinct names other than '{ABSTAIN}': {classes}")
-    stray = sorted(set(images["class"]) - set(classes))
-    if stray:
-        raise ValueError(f"image classes {stray} are not among the classes {classes}")
-    if not conditions:
-        raise ValueError("conditions: give at least one condition name with its boost")
-    guess = 1.0 / k
-    if not 0 <= lapse < 1 - guess:
-        raise ValueError(f"lapse must be in [0, {1 - guess:g}), got {lapse}")
-    if not 0 <= abstain_max <= 1:
-        raise ValueError(f"abstain_max must be in [0, 1], got {abstain_max}")
-    if n_participants < 1 or trials_per_participant < 1:
-        raise ValueError("n_participants and trials_per_participant must be >= 1")
-
-    rng = np.random.default_rng(seed)
-    names = list(conditions)
-    boosts = np.array([float(conditions[c]) for c in names])
-    n_img, n_trials = len(images), trials_per_participant
-    passes = -(-n_trials // n_img)
-    img_idx = np.concatenate(
-        [
-            np.concatenate([rng.permutation(n_img) for _ in range(passes)])[:n_trials]
-            for _ in range(n_participants)
-        ]
-    )
-    cond_idx = np.concatenate(
-        [rng.permutation(np.resize(np.arange(len(names)), n_trials)) for _ in range(n_participants)]
-    )
-    participant = np.repeat(np.arange(n_participants), n_trials)
-    ability = rng.normal(0.0, ability_sd, n_participants)[participant]
-    drive = expit(slope * (ability + boosts[cond_idx] - difficulty[img_idx]))
-    p_correct = guess + (1 - guess - lapse) * drive
-
-    true_class = images["class"].to_numpy()[img_idx]
-    class_pos = pd.Index(classes).get_indexer(true_class)
-    correct = rng.random(len(img_idx)) < p_correct
-    abstains = ~correct & (rng.random(len(img_idx)) < abstain_max * (1 - drive))
-    # A uniform draw among the K-1 other classes: skip over the true class's position.
-    other = rng.integers(0, k - 1, len(img_idx))
-    other = other + (other >= class_pos)
-    response = np.where(correct, true_class, np.asarray(classes, dtype=object)[other])
-    response = np.where(abstains, ABSTAIN, response)
-
-    trials = pd.DataFrame(
-        {
-            "participant": [f"sim{i:03d}" for i in participant],
-            "trial": np.tile(np.arange(1, n_trials + 1), n_participants),
-            "image": images["image"].astype(str).to_numpy()[img_idx],
-            "class": true_class,
-            "condition": np.asarray(names, dtype=object)[cond_idx],
-            "response": response,
-            "correct": correct,
-            "p_correct": p_correct,
-            "synthetic": True,
-        }
-    )
-    return validate_trials(trials, "simulated trials", classes=classes)

@@ -1,15 +1,12 @@
 from pathlib import Path
 
-from lwise.alignment.evaluate import simulate_trials
 from lwise.core.logs import script_logging
+from lwise.humans.simulate import SimulationConfig, simulate_observers
 
 with script_logging(snakemake.log[0]):
-    sim = snakemake.params.simulation
-    simulate_trials(
+    simulate_observers(
         Path(snakemake.input.natural) / "dirmap.csv",
-        [name for name in snakemake.input.keys()],
+        list(snakemake.input.keys()),
         snakemake.output[0],
-        n_participants=sim["n_participants"],
-        boost_per_eps=sim["boost_per_eps"],
-        seed=sim["seed"],
+        SimulationConfig.from_dict(snakemake.params.simulation),
     )
