@@ -12,8 +12,7 @@ registered name; a test checks that they agree).
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 import pandas as pd
 
 from lwise.alignment.inputs import AlignmentInputs
+from lwise.core.config import Section
 
 __all__ = [
     "ANALYSES",
@@ -34,9 +34,11 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class EvaluationConfig:
+class EvaluationConfig(Section):
     """The `evaluation` section of the config; its defaults live in
     schemas/config.schema.yaml, so every field is given here."""
+
+    SECTION = "evaluation"
 
     analyses: tuple[str, ...]  # registered analysis names, run in this order
     abstention: str  # a name in lwise.alignment.abstention.ABSTENTION (VisAlign)
@@ -46,19 +48,9 @@ class EvaluationConfig:
     outliers_sd: float | None  # logits beyond this many SD are dropped first; None keeps all
     seed: int
 
-    @classmethod
-    def from_dict(cls, d: Mapping) -> EvaluationConfig:
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown, missing = sorted(set(d) - fields), sorted(fields - set(d))
-        if unknown or missing:
-            raise ValueError(
-                f"evaluation config: unknown key(s) {unknown}, missing key(s) {missing} "
-                "(the workflow fills defaults from schemas/config.schema.yaml)"
-            )
-        d = dict(d)
-        d["analyses"] = tuple(d["analyses"])
-        d["costs"] = tuple(d["costs"])
-        return cls(**d)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "analyses", tuple(self.analyses))
+        object.__setattr__(self, "costs", tuple(self.costs))
 
 
 # (metric, group, value, ci_low, ci_high): one row of summary.csv, less its `synthetic` column.

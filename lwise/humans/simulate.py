@@ -9,7 +9,6 @@ Every trial is marked `synthetic`.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -22,6 +21,7 @@ from PIL import Image
 from scipy.special import expit
 from tqdm import tqdm
 
+from lwise.core.config import Section
 from lwise.core.keys import set_epsilon
 from lwise.data import dirmap
 from lwise.data.imaging import load_rgb
@@ -39,9 +39,11 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class SimulationConfig:
+class SimulationConfig(Section):
     """The `simulation` section of the config; its defaults live in
     schemas/config.schema.yaml, so every field is given here (see `simulate_observers`)."""
+
+    SECTION = "simulation"
 
     n_participants: int
     trials_per_participant: int | None  # None: every image once
@@ -55,17 +57,6 @@ class SimulationConfig:
     ability_sd: float
     lapse: float
     abstain_max: float
-
-    @classmethod
-    def from_dict(cls, d: Mapping) -> SimulationConfig:
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown, missing = sorted(set(d) - fields), sorted(fields - set(d))
-        if unknown or missing:
-            raise ValueError(
-                f"simulation config: unknown key(s) {unknown}, missing key(s) {missing} "
-                "(the workflow fills defaults from schemas/config.schema.yaml)"
-            )
-        return cls(**d)
 
 
 def image_statistics(

@@ -11,7 +11,7 @@ with script_logging(snakemake.log[0]):
         sets,
         snakemake.input.trials,
         snakemake.output[0],
-        EvaluationConfig.from_dict(snakemake.params.evaluation),
+        EvaluationConfig.from_config(snakemake.params.evaluation),
         logit_column=snakemake.params.logit_column,
         key_root=snakemake.input.images,
         probabilities_csv=snakemake.input.probabilities,

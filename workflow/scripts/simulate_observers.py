@@ -8,5 +8,5 @@ with script_logging(snakemake.log[0]):
         Path(snakemake.input.natural) / "dirmap.csv",
         list(snakemake.input.keys()),
         snakemake.output[0],
-        SimulationConfig.from_dict(snakemake.params.simulation),
+        SimulationConfig.from_config(snakemake.params.simulation),
     )
