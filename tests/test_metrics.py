@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from lwise.alignment import metrics
+from lwise.alignment import auc, metrics
 
 # L-WISE's settings (`notebooks/make_figs.ipynb`), the evaluation section's defaults.
 LWISE = {"folds": 10, "seed": 0, "outliers_sd": 3.0}
@@ -28,35 +28,35 @@ def test_roc_auc_matches_pairwise_definition_with_ties():
     score = rng.integers(0, 8, 300).astype(float)  # many ties
     pos, neg = score[y], score[~y]
     pairwise = ((pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])).mean()
-    assert metrics.roc_auc(y, score) == pytest.approx(pairwise)
-    assert metrics.roc_auc(y, score) == pytest.approx(roc_auc_score(y, score))
-    assert metrics.roc_auc(y, -score) == pytest.approx(1 - pairwise)
+    assert auc.roc_auc(y, score) == pytest.approx(pairwise)
+    assert auc.roc_auc(y, score) == pytest.approx(roc_auc_score(y, score))
+    assert auc.roc_auc(y, -score) == pytest.approx(1 - pairwise)
 
 
 def test_difficulty_auc_perfect_and_reversed_predictor():
     logit = np.linspace(-2, 2, 200)
-    perfect = metrics.difficulty_auc(logit > 0, logit, n_boot=200, **LWISE)
+    perfect = auc.difficulty_auc(logit > 0, logit, n_boot=200, **LWISE)
     assert perfect["auc"] == 1 and perfect["cv_auc"] == 1 and perfect["raw_auc"] == 1
     assert perfect["cv_auc_ci_low"] == perfect["cv_auc_ci_high"] == 1
     assert perfect["coef"] > 0 and perfect["n_trials"] == 200 and perfect["n_outliers"] == 0
 
     # The regression picks the sign, so a score that predicts errors also separates perfectly;
     # the slope and the direction-keeping raw AUC say which way round it is.
-    reversed_ = metrics.difficulty_auc(logit < 0, logit, n_boot=200, **LWISE)
+    reversed_ = auc.difficulty_auc(logit < 0, logit, n_boot=200, **LWISE)
     assert reversed_["auc"] == 1 and reversed_["cv_auc"] == 1
     assert reversed_["coef"] < 0 and reversed_["raw_auc"] == 0
 
 
 def test_difficulty_auc_on_logistic_data():
     correct, logit = logistic_trials(3000, slope=1.5, seed=2)
-    result = metrics.difficulty_auc(correct, logit, n_boot=300, **LWISE)
+    result = auc.difficulty_auc(correct, logit, n_boot=300, **LWISE)
     assert 0.7 < result["cv_auc"] < 0.85
     assert result["cv_auc_ci_low"] < result["cv_auc"] < result["cv_auc_ci_high"]
     assert result["cv_auc_ci_high"] - result["cv_auc_ci_low"] < 0.06
     assert result["auc"] == pytest.approx(result["raw_auc"])  # positive slope, same ranking
-    assert result == metrics.difficulty_auc(correct, logit, n_boot=300, **LWISE)  # seeded
+    assert result == auc.difficulty_auc(correct, logit, n_boot=300, **LWISE)  # seeded
 
-    noise = metrics.difficulty_auc(
+    noise = auc.difficulty_auc(
         correct, np.random.default_rng(3).normal(size=3000), n_boot=300, **LWISE
     )
     assert noise["cv_auc_ci_low"] < 0.55 and abs(noise["raw_auc"] - 0.5) < 0.05
@@ -65,38 +65,38 @@ def test_difficulty_auc_on_logistic_data():
 def test_difficulty_auc_removes_outliers():
     correct, logit = logistic_trials(500, slope=1.0, seed=4)
     logit[7] = 50.0
-    assert metrics.difficulty_auc(correct, logit, n_boot=10, **LWISE)["n_outliers"] == 1
+    assert auc.difficulty_auc(correct, logit, n_boot=10, **LWISE)["n_outliers"] == 1
     keep_all = LWISE | {"outliers_sd": None}
-    assert metrics.difficulty_auc(correct, logit, n_boot=10, **keep_all)["n_outliers"] == 0
+    assert auc.difficulty_auc(correct, logit, n_boot=10, **keep_all)["n_outliers"] == 0
 
 
 def test_difficulty_auc_rejects_bad_input():
     with pytest.raises(ValueError, match="at least 10 correct and 10 incorrect"):
-        metrics.difficulty_auc(np.ones(50, bool), np.arange(50.0), n_boot=1000, **LWISE)
+        auc.difficulty_auc(np.ones(50, bool), np.arange(50.0), n_boot=1000, **LWISE)
     with pytest.raises(ValueError, match="correct: expected 0/1 or booleans; element 1 is 2"):
-        metrics.difficulty_auc([0, 2, 1], [0.1, 0.2, 0.3], n_boot=1000, **LWISE)
+        auc.difficulty_auc([0, 2, 1], [0.1, 0.2, 0.3], n_boot=1000, **LWISE)
     with pytest.raises(ValueError, match="logit: expected finite numbers; element 2"):
-        metrics.difficulty_auc([0, 1, 1], [0.1, 0.2, np.nan], n_boot=1000, **LWISE)
+        auc.difficulty_auc([0, 1, 1], [0.1, 0.2, np.nan], n_boot=1000, **LWISE)
     with pytest.raises(ValueError, match="differ in length"):
-        metrics.difficulty_auc([0, 1, 1], [0.1, 0.2], n_boot=1000, **LWISE)
+        auc.difficulty_auc([0, 1, 1], [0.1, 0.2], n_boot=1000, **LWISE)
 
 
 def test_compare_auc_paired_difference():
     correct, logit = logistic_trials(2000, slope=2.0, seed=5)
     noisy = logit + np.random.default_rng(6).normal(0, 1.5, len(logit))
-    result = metrics.compare_auc(correct, logit, noisy, n_boot=300, **LWISE)
+    result = auc.compare_auc(correct, logit, noisy, n_boot=300, **LWISE)
     assert result["difference"] == pytest.approx(result["cv_auc_a"] - result["cv_auc_b"])
     assert 0 < result["ci_low"] < result["difference"] < result["ci_high"]
 
-    same = metrics.compare_auc(correct, logit, logit, n_boot=50, **LWISE)
+    same = auc.compare_auc(correct, logit, logit, n_boot=50, **LWISE)
     assert same["difference"] == same["ci_low"] == same["ci_high"] == 0
 
 
 def test_spearman_accuracy():
-    rho, p = metrics.spearman_accuracy([0.2, 0.5, 0.6, 0.9], [-1.0, 0.0, 2.0, 3.0])
+    rho, p = auc.spearman_accuracy([0.2, 0.5, 0.6, 0.9], [-1.0, 0.0, 2.0, 3.0])
     assert rho == pytest.approx(1.0) and p < 0.1
     with pytest.raises(ValueError, match="at least 3 images"):
-        metrics.spearman_accuracy([0.1, 0.2], [1, 2])
+        auc.spearman_accuracy([0.1, 0.2], [1, 2])
 
 
 # --- accuracy with confidence intervals --------------------------------------------------------

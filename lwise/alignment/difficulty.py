@@ -3,7 +3,7 @@ answers a *natural* image correctly, and does it beat a non-robust ("vanilla") m
 
 As in L-WISE `notebooks/make_figs.ipynb`: per-trial logistic regression of correctness on the
 logit, 3-SD outliers removed, stratified k-fold CV AUC with a bootstrap CI
-(`lwise.alignment.metrics.difficulty_auc`).
+(`lwise.alignment.auc.difficulty_auc`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import logging
 
 import pandas as pd
 
-from lwise.alignment import metrics, summary
+from lwise.alignment import auc, summary
 from lwise.alignment.analysis import AlignmentContext, AnalysisResult, SummaryRow, register
 from lwise.alignment.inputs import AlignmentDataError, per_trial
 from lwise.alignment.plots import plot_difficulty_curve
@@ -38,7 +38,7 @@ def difficulty_prediction(
 
     `trials`: natural trials (`image`, `correct`); `logit`, `vanilla`: per-image scores indexed
     by image key. One row per model (`robust`, and `vanilla` plus `robust_minus_vanilla`, the
-    paired CV-AUC difference, when `vanilla` is given), with `metrics.difficulty_auc` (CI over
+    paired CV-AUC difference, when `vanilla` is given), with `auc.difficulty_auc` (CI over
     `n_boot` bootstrap resamples of trials) and the Spearman correlation between per-image human
     accuracy and the logit (L-WISE: the logit predicts the proportion correct per image).
     """
@@ -51,31 +51,31 @@ def difficulty_prediction(
     for model, (column, score) in scores.items():
         x = scores_of_trials[model] = per_trial(trials, score, f"{model} logit '{column}'")
         try:
-            auc = metrics.difficulty_auc(
+            fit = auc.difficulty_auc(
                 correct, x, folds=folds, n_boot=n_boot, seed=seed, outliers_sd=outliers_sd
             )
         except ValueError as err:
             raise AlignmentDataError(f"difficulty prediction from '{column}': {err}") from err
-        rho, p = metrics.spearman_accuracy(per_image.to_numpy(), score.loc[per_image.index])
+        rho, p = auc.spearman_accuracy(per_image.to_numpy(), score.loc[per_image.index])
         rows.append(
             {
                 "model": model,
                 "logit_column": column,
-                "n_trials": auc["n_trials"],
-                "n_outliers": auc["n_outliers"],
-                "coef": auc["coef"],
-                "auc": auc["auc"],
-                "raw_auc": auc["raw_auc"],
-                "cv_auc": auc["cv_auc"],
-                "ci_low": auc["cv_auc_ci_low"],
-                "ci_high": auc["cv_auc_ci_high"],
+                "n_trials": fit["n_trials"],
+                "n_outliers": fit["n_outliers"],
+                "coef": fit["coef"],
+                "auc": fit["auc"],
+                "raw_auc": fit["raw_auc"],
+                "cv_auc": fit["cv_auc"],
+                "ci_low": fit["cv_auc_ci_low"],
+                "ci_high": fit["cv_auc_ci_high"],
                 "n_images": len(per_image),
                 "spearman_rho": rho,
                 "spearman_p": p,
             }
         )
     if vanilla is not None:
-        diff = metrics.compare_auc(
+        diff = auc.compare_auc(
             correct,
             scores_of_trials["robust"],
             scores_of_trials["vanilla"],

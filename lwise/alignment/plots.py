@@ -61,7 +61,7 @@ def plot_difficulty_curve(
         err[1].append(max(0.0, ci["ci_high"] - ci["accuracy"]))
     ax.errorbar(centres, acc, yerr=err, fmt="o", capsize=3, label="human accuracy (binned)")
     if len(set(y)) == 2:
-        # The model metrics.difficulty_auc fits (logistic on the standardised logit), for display.
+        # The model auc.difficulty_auc fits (logistic on the standardised logit), for display.
         mean, sd = x.mean(), x.std() or 1.0
         fit = LogisticRegression().fit(((x - mean) / sd)[:, None], y)
         grid = np.linspace(x.min(), x.max(), 200)
@@ -69,8 +69,8 @@ def plot_difficulty_curve(
     ax.set_xlabel(f"{logit_column} (guide model)")
     ax.set_ylabel("proportion correct")
     ax.set_ylim(0, 1.02)
-    auc = f", CV AUC {cv_auc:.3f}" if cv_auc is not None else ""
-    ax.set_title(_title(f"Natural trials (n={len(y)}){auc}", synthetic), fontsize=9)
+    label = f", CV AUC {cv_auc:.3f}" if cv_auc is not None else ""
+    ax.set_title(_title(f"Natural trials (n={len(y)}){label}", synthetic), fontsize=9)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     return fig
