@@ -12,6 +12,12 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def _participant_salt(monkeypatch):
+    # Keep the participant salt (lwise.core.privacy) out of the checkout during tests.
+    monkeypatch.setenv("LWISE_PARTICIPANT_SALT", "lwise-tests")
+
+
 def workflow_command(workdir: Path, config: dict, *args: str, cores: int = 2) -> list[str]:
     """The snakemake command that runs the repository's Snakefile on `config` in `workdir`."""
     workdir.mkdir(parents=True, exist_ok=True)

@@ -461,3 +461,31 @@ def test_each_analysis_runs_alone(data, tmp_path, name):
     everything = (tmp_path / "all" / "summary.csv").read_text().splitlines()
     assert len(own) > 1 and set(own) <= set(everything)
     assert set(alone) == {f.removesuffix(".csv") for f in files if f.endswith(".csv")}
+
+
+def test_participant_identifiers_never_reach_the_outputs(data, tmp_path, monkeypatch):
+    monkeypatch.setenv("LWISE_PARTICIPANT_SALT", "test-salt")
+    trials_csv = tmp_path / "trials.csv"
+    trials = deterministic_trials(data, trials_csv)
+    names = {f"jane.doe.{p}@example.org" for p in range(4)}
+    trials["participant"] = trials["participant"].map(lambda p: f"jane.doe.{p[1:]}@example.org")
+    humans.write_trials(trials, trials_csv)
+    out = tmp_path / "alignment"
+    tables = run(data, trials_csv, out, synthetic=False)
+    written = "".join(p.read_text(errors="ignore") for p in out.rglob("*") if p.is_file())
+    assert not any(name in written for name in names)
+    per = tables["consistency"].query("level == 'participant'")["participant"]
+    assert len(set(per)) == 4 and per.str.fullmatch(r"p-[0-9a-f]{12}").all()
+    again = run(data, trials_csv, tmp_path / "again", synthetic=False)["consistency"]
+    assert again.query("level == 'participant'")["participant"].tolist() == per.tolist()
+
+
+def test_participant_salt_is_created_once_outside_results(tmp_path, monkeypatch):
+    from lwise.core import privacy
+
+    monkeypatch.delenv("LWISE_PARTICIPANT_SALT", raising=False)
+    path = tmp_path / ".lwise" / "participant-salt"
+    salt = privacy.participant_salt(path)
+    assert len(salt) == 64 and privacy.participant_salt(path) == salt
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    assert privacy.pseudonyms(["a"], salt) != privacy.pseudonyms(["a"], b"other")

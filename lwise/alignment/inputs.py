@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from lwise.core import privacy
 from lwise.core.keys import NATURAL, image_key
 from lwise.data import dirmap
 from lwise.data.dirmap import csv_lines
@@ -249,6 +250,10 @@ def read_inputs(
     trials = humans.read_trials(trials_csv, classes=classes)
     _check_trials(trials, trials_csv, natural, sets)
     synthetic = _synthetic_flag(trials, synthetic, trials_csv)
+    if not synthetic:
+        # Real participants' identifiers never reach the tables and the report.
+        salt = privacy.participant_salt()
+        trials["participant"] = privacy.pseudonyms(trials["participant"], salt)
     natural_trials = trials[trials["condition"] == NATURAL].reset_index(drop=True)
     if natural_trials.empty:
         raise AlignmentDataError(
