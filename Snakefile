@@ -2,7 +2,7 @@
 # -> alignment evaluation. Each stage lives in rules/<stage>.smk; shared helpers in common.smk.
 
 
-configfile: "config.yaml"
+include: "rules/config.smk"
 
 
 report: "report/workflow.rst"

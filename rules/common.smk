@@ -1,11 +1,8 @@
 import re
-import sys
 
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
-# The library is imported from this checkout, whichever Python runs Snakemake.
-sys.path.insert(0, workflow.basedir)
 from lwise.core import keys
 
 min_version("9.0")

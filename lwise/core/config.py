@@ -118,3 +118,19 @@ class Section:
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any] | None = None, **extra: Any):
         return from_section(cls, cfg, cls.SECTION, **extra)
+
+
+def check_yaml_file(path: str | Path) -> None:
+    """Raise ConfigError with the line and column of a YAML syntax error in `path` (Snakemake's
+    own message names neither); a missing file is left to Snakemake."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    try:
+        yaml.safe_load(path.read_text())
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}: YAML syntax error{where}: {err.problem or err}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: YAML syntax error: {err}") from None

@@ -1,0 +1,35 @@
+"""Config problems are reported before any job runs, naming the file, line or key."""
+
+import subprocess
+import sys
+
+from conftest import REPO, run_workflow, tiny_config
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path):
+    (tmp_path / "config.yaml").write_text("datasets:\n  digits:\n    sources: [\n  bad: : x\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--cores", "1",
+         "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert "config.yaml: YAML syntax error at line 4, column 8" in proc.stdout + proc.stderr
+
+
+def test_an_epsilon_listed_twice_is_a_config_error(tmp_path):
+    config = tiny_config()
+    config["enhance"]["epsilons"] = [2, 2.0]
+    proc = run_workflow(tmp_path, config, "--dry-run", check=False)
+    assert proc.returncode != 0
+    assert "enhance.epsilons: epsilon(s) 2 listed more than once" in proc.stdout + proc.stderr
+
+
+def test_close_and_tiny_epsilons_get_their_own_sets_and_contact_sheet(tmp_path):
+    config = tiny_config()
+    config["enhance"]["epsilons"] = [0.1234567, 0.1234568, 1e-7]
+    proc = run_workflow(tmp_path, config, "--dry-run")
+    out = proc.stdout
+    for name in ("logit_eps0.1234567", "logit_eps0.1234568", "logit_eps0.0000001"):
+        assert f"results/digits/stimuli/{name}" in out
+    assert "contact_sheet" in out
