@@ -17,6 +17,7 @@ include: "rules/score.smk"
 include: "rules/enhance.smk"
 include: "rules/upload.smk"
 include: "rules/evaluate.smk"
+include: "rules/experiments.smk"
 
 
 rule all:

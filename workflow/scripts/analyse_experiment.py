@@ -1,0 +1,10 @@
+from lwise.core.logs import script_logging
+from lwise.experiments.analysis import analyse
+
+with script_logging(snakemake.log[0]):
+    analyse(
+        snakemake.input.responses,
+        snakemake.output[0],
+        title=f"{snakemake.wildcards.dataset}:",
+        **snakemake.params.analysis,
+    )
