@@ -18,6 +18,7 @@ include: "rules/enhance.smk"
 include: "rules/upload.smk"
 include: "rules/evaluate.smk"
 include: "rules/experiments.smk"
+include: "rules/correspondence.smk"
 
 
 rule all:

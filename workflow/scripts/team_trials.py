@@ -1,0 +1,14 @@
+from lwise.alignment.correspondence.teams import report
+from lwise.core.logs import script_logging
+
+with script_logging(snakemake.log[0]):
+    cfg = snakemake.params.teams
+    report(
+        snakemake.input.trials,
+        snakemake.output.table,
+        snakemake.output.plot,
+        layout=snakemake.params.layout,
+        baseline=cfg["baseline"],
+        team_threshold=cfg["team_threshold"],
+        synthetic=snakemake.wildcards.source == "synthetic",
+    )
