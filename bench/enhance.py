@@ -36,9 +36,10 @@ from torch.utils.data import DataLoader
 
 from lwise.data import dirmap
 from lwise.data.loading import DirmapImages, eval_transform
-from lwise.guide.attacks import FAST_DTYPES, pgd
+from lwise.guide.attacks import pgd
 from lwise.guide.checkpoints import load_model
-from lwise.guide.models import ConvReLU, ImageClassifier, Normalize, prepare_fast
+from lwise.guide.fast import FAST_DTYPES, ConvReLU, prepare_fast
+from lwise.guide.models import ImageClassifier, Normalize
 from lwise.guide.train import TrainConfig, train
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -63,7 +64,8 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--images", type=int, default=512, help="enhanced images per mode")
-    # L-WISE ImageNet setting: eps 20, 40 steps of 0.5 (reference §1.6), logit objective.
+    # L-WISE ImageNet setting: eps 20, 40 steps of 0.5 (its README and
+    # scripts/batch_enhance/batch_enhance_imagenet16.sh), logit objective.
     parser.add_argument("--eps", type=float, default=20.0)
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--step-size", type=float, default=0.5)
@@ -96,7 +98,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
     parser.add_argument("--train-images", type=int, default=2048)
     parser.add_argument("--train-batch", type=int, default=128)
-    # robustness training defaults: 7 attack steps of 0.5 (reference §3.7, §7.1).
+    # robustness training defaults (its defaults.py: 7 attack steps) with attack lr 0.5, as in
+    # L-WISE's README recipes for robust_transfer_learning.py.
     parser.add_argument("--train-eps", type=float, default=3.0)
     parser.add_argument("--train-steps", type=int, default=7)
     parser.add_argument("--train-step-size", type=float, default=0.5)
@@ -400,8 +403,8 @@ def bench_scoring(args, device, fast_model, dtype: str, gen) -> dict:
             pin_memory=device.type == "cuda",
         )
 
-        # The numerics of lwise.guide.score.model_outputs(fast=True); that function prepares (and
-        # compiles) the model on every call, so it is not called twice here.
+        # The numerics of lwise.guide.score.model_outputs on a fast guide; that guide comes from
+        # a checkpoint file (lwise.guide.load), so the model prepared here runs directly.
         def score_epoch() -> torch.Tensor:
             logits = []
             with torch.no_grad(), torch.autocast(device.type, dtype=FAST_DTYPES[dtype]):

@@ -21,7 +21,8 @@ from lwise.guide.attacks import (
     steps_for_eps,
 )
 from lwise.guide.augment import MultiView, cutout, resize, translation
-from lwise.guide.models import build_model, prepare_fast
+from lwise.guide.fast import prepare_fast
+from lwise.guide.models import build_model
 
 # --- steps and projections ---------------------------------------------------------------------
 

@@ -4,7 +4,10 @@ from PIL import Image
 
 from lwise.data import dirmap
 from lwise.data.imagefolder import BuildOptions, build
-from lwise.stimuli.enhance import contact_sheet, enhance, write_natural
+from lwise.guide.score import ScoringConfig, score
+from lwise.stimuli.contact_sheet import contact_sheet
+from lwise.stimuli.enhance import EnhanceConfig, enhance
+from lwise.stimuli.natural import NaturalConfig, write_natural
 
 
 @pytest.fixture(scope="module")
@@ -20,14 +23,23 @@ def held_out(digits_folder, tmp_path_factory):
     return root / "imagefolder"
 
 
-def _run(folder, model, out, **kw):
-    return enhance(folder / "dirmap.csv", model, out, key_root=folder, workers=0, **kw)
+def _run(folder, model, out, *, eps, objective="logit", **settings):
+    """Enhance with the config's defaults but `settings` (keys of the enhance section)."""
+    return enhance(
+        folder / "dirmap.csv", model, out, key_root=folder, eps=eps, objective=objective,
+        cfg=EnhanceConfig.from_config(settings), workers=0, trusted=False,
+    )  # fmt: skip
+
+
+def _natural(folder, model, out):
+    return write_natural(
+        folder / "dirmap.csv", model, out, key_root=folder, cfg=NaturalConfig.from_config(),
+        workers=0, trusted=False,
+    )  # fmt: skip
 
 
 def test_enhancement_raises_gt_logit_and_attack_lowers_it(held_out, digits_model, tmp_path):
-    nat = write_natural(
-        held_out / "dirmap.csv", tmp_path / "natural", key_root=held_out, image_size=32, workers=0
-    )
+    nat = _natural(held_out, digits_model, tmp_path / "natural")
     up = _run(held_out, digits_model, tmp_path / "up", eps=2.0)
     down = _run(held_out, digits_model, tmp_path / "down", eps=2.0, direction="attack")
     assert up["logit_gain"].mean() > 0.5 and down["logit_gain"].mean() < -0.5
@@ -44,8 +56,6 @@ def test_enhancement_raises_gt_logit_and_attack_lowers_it(held_out, digits_model
 
 
 def test_enhancement_lowers_error_rate_of_held_out_images(held_out, digits_model, tmp_path):
-    from lwise.guide.score import score
-
     rates = {}
     for name, kw in (("natural", None), ("enhanced", {}), ("attacked", {"direction": "attack"})):
         folder = held_out
@@ -53,7 +63,10 @@ def test_enhancement_lowers_error_rate_of_held_out_images(held_out, digits_model
             _run(held_out, digits_model, tmp_path / name, eps=1.5, **kw)
             folder = tmp_path / name
         outputs = [tmp_path / f"{name}{suffix}" for suffix in (".csv", "_acc.csv", ".png")]
-        scored = score(folder / "dirmap.csv", digits_model, *outputs, workers=0)
+        scored = score(
+            folder / "dirmap.csv", digits_model, *outputs, cfg=ScoringConfig.from_config(),
+            workers=0, trusted=False,
+        )  # fmt: skip
         rates[name] = 1 - scored["correct"].mean()
     assert rates["enhanced"] < rates["natural"] < rates["attacked"]
 
@@ -81,9 +94,7 @@ def test_logit_diverge_against_named_classes(held_out, digits_model, tmp_path):
 
 
 def test_contact_sheet(held_out, digits_model, tmp_path):
-    write_natural(
-        held_out / "dirmap.csv", tmp_path / "natural", key_root=held_out, image_size=32, workers=0
-    )
+    _natural(held_out, digits_model, tmp_path / "natural")
     _run(held_out, digits_model, tmp_path / "logit_eps1", eps=1.0)
     contact_sheet(
         {"natural": tmp_path / "natural", "logit_eps1": tmp_path / "logit_eps1"},

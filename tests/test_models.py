@@ -13,18 +13,20 @@ from torch import fx, nn
 from torch.nn import functional as F
 
 from lwise.guide.checkpoints import CheckpointError, load_model, save_checkpoint
-from lwise.guide.models import (
+from lwise.guide.fast import (
     ConvReLU,
+    fold_batchnorm,
+    fuse_conv_relu,
+    prepare_fast,
+    space_to_depth_stem,
+)
+from lwise.guide.models import (
     ImageClassifier,
     Normalize,
     SmallCNN,
     build_model,
-    fold_batchnorm,
-    fuse_conv_relu,
     head_name,
-    prepare_fast,
     replace_head,
-    space_to_depth_stem,
 )
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]

@@ -5,7 +5,8 @@ import pandas as pd
 import pytest
 
 from lwise.data import dirmap
-from lwise.guide.score import label_column_for, min_max_difficulty, score
+from lwise.guide.load import label_column_for
+from lwise.guide.score import ScoringConfig, min_max_difficulty, score
 
 
 def test_label_column_fits_the_model():
@@ -30,7 +31,8 @@ def test_scoring_writes_new_dirmap_and_reports(digits_folder, digits_model, tmp_
     out = tmp_path / "difficulty"
     scored = score(
         source, digits_model, out / "dirmap.csv", out / "accuracy.csv", out / "confusion.png",
-        out / "probabilities.csv", difficulty_scope="class", workers=0,
+        out / "probabilities.csv", cfg=ScoringConfig.from_config({"difficulty_scope": "class"}),
+        workers=0, trusted=False,
     )  # fmt: skip
     assert hashlib.sha256(source.read_bytes()).hexdigest() == before  # input untouched
     df = dirmap.read(out / "dirmap.csv")  # im_path resolves from the new folder

@@ -1,1 +1,3 @@
-"""guide"""
+"""The guide model: architectures (`models`), fast inference (`fast`), checkpoints, the entry
+point for every method that runs it (`load`), robust training (`train`, `attacks`, `augment`)
+and difficulty scoring (`score`)."""

@@ -6,8 +6,8 @@ model in eval mode (BatchNorm running statistics, no dropout), as robustness `At
 
 Enhancement descends the objective's loss (raises the ground-truth evidence), an attack ascends
 it (L-WISE `enhance.py`: `targeted = not --attack`). The L2 attacker follows robustness
-`attack_steps.py` `L2Step` and `attacker.py` `Attacker.forward` step for step; see
-shared/reference/lwise.md §1.4-1.6 and §7.1.
+`attack_steps.py` `L2Step` and `attacker.py` `Attacker.forward` step for step (the objectives
+are L-WISE `custom_losses.py`'s; the step count is its `scripts/batch_enhance/*.sh` rule).
 """
 
 from __future__ import annotations
@@ -19,15 +19,13 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-OBJECTIVES = ("logit", "logit_diverge", "cross_entropy")
+from lwise.core.keys import OBJECTIVES
+from lwise.guide.fast import FAST_DTYPES
+
 CONSTRAINTS = ("2", "inf")
 # Sign applied to the loss before gradient ascent: enhancement descends, an attack ascends.
 DIRECTIONS = {"enhance": -1.0, "attack": 1.0}
 MODES = ("reference", "fast")
-# Half-precision types of fast mode, by config name. float16 is the default: its 3 extra
-# mantissa bits matter for input gradients. On the H100 bench (random-weight ResNet-50, eps 20)
-# float16 came within 1.8 % of the reference's logit gain, bfloat16 5.8-7.3 % below it.
-FAST_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +110,8 @@ _CONSTRAINT_OPS = {
 def steps_for_eps(eps: float) -> int:
     """Number of PGD steps the L-WISE batch scripts use for radius eps with step size 0.5.
 
-    The scripts compute `printf "%.0f"` of 2·eps and turn 0 into 1 (reference §1.6, §5.2).
+    The scripts (L-WISE `scripts/batch_enhance/*.sh`) compute `printf "%.0f"` of 2·eps and
+    turn 0 into 1.
     printf rounds halves to even, as Python's round does, so eps=0.25 gives 0 and then 1.
     """
     return max(1, round(2 * eps))
@@ -165,7 +164,7 @@ def objective_loss(
     objective: str,
     competitors: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Per-sample loss [B] that enhancement lowers (L-WISE `custom_losses.py`, reference §1.4).
+    """Per-sample loss [B] that enhancement lowers (L-WISE `custom_losses.py`).
 
     - `logit`: −z_y.
     - `cross_entropy`: −log softmax(z)_y.
@@ -293,7 +292,7 @@ def pgd(
     - `mode`: "reference" runs the model in fp32 like the robustness attacker; "fast" runs it
       under autocast to `fast_dtype` ("float16" or "bfloat16") on channels_last input, the
       loss and the iterate staying in fp32. Prepare the model once with
-      `lwise.guide.models.prepare_fast` for the full speed-up. A half-precision gradient that is not
+      `lwise.guide.fast.prepare_fast` for the full speed-up. A half-precision gradient that is not
       finite skips that sample's step, with a warning.
 
     The model must be in eval mode. Gradients are taken with respect to the input only, so

@@ -1,8 +1,8 @@
 """Differentiable random views for multi-view enhancement (L-WISE `enhance_vit_aug.py`).
 
 Each view applies every chosen augmentation, with fresh randomness, in the reference order:
-color (brightness, saturation, contrast), translation, resize, cutout (DiffAugment-style; see
-shared/reference/lwise.md §1.8). The reference script feeds XCiT un-normalised [0, 1] inputs
+color (brightness, saturation, contrast), translation, resize, cutout (the DiffAugment-style
+functions of L-WISE `enhance_vit_aug.py`). That script feeds XCiT un-normalised [0, 1] inputs
 because it calls the network inside `AttackerModel`; here normalisation is part of the model,
 so views are always normalised before the network sees them.
 """
@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 AUG_TYPES = ("color", "translation", "resize", "cutout")
-# Ranges from the reference DiffAugment functions (§1.8).
+# Ranges from the DiffAugment functions of L-WISE `enhance_vit_aug.py`.
 COLOR_RANGE = (0.8, 1.2)
 RESIZE_RANGE = (0.8, 1.2)
 TRANSLATION_RATIO = 0.125  # up to 28 px at 224

@@ -5,9 +5,10 @@ names and the `ImageClassifier` state dict, plus whatever the training code adds
 scheduler, epoch, RNG state). Only tensors and plain Python values are stored, so it loads with
 `torch.load(weights_only=True)`.
 
-robustness files (reference §3.5) hold `{'model': DataParallel(AttackerModel).state_dict(), ...}`
-with keys `module.model.*` (the network), `module.normalizer.new_mean/new_std` and
-`module.attacker.*` (the same tensors again); they were pickled with dill.
+robustness files (written by robustness `train.py`) hold
+`{'model': DataParallel(AttackerModel).state_dict(), ...}` with keys `module.model.*` (the
+network), `module.normalizer.new_mean/new_std` and `module.attacker.*` (the same tensors again);
+they were pickled with dill.
 """
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ def _unwrap(raw: Any) -> tuple[dict[str, torch.Tensor], list[float] | None, list
     if not (tensors and state):
         raise CheckpointError("not a checkpoint: expected a state dict of tensors")
     # DataParallel adds "module."; strip it only where present (L-WISE drops 7 characters of
-    # every key unconditionally, reference §1.3).
+    # every key unconditionally: its copy of robustness `model_utils.make_and_restore_model`).
     state = {k.removeprefix("module."): v for k, v in state.items()}
     for norm, net in (("normalizer.new_", "model."), ("normalize.", "net.")):
         if f"{norm}mean" in state:  # robustness AttackerModel, or our ImageClassifier

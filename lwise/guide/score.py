@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,32 +19,38 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from lwise.core.atomic import atomic_path, write_csv
+from lwise.core.config import Section
 from lwise.data import dirmap
 from lwise.data.loading import DirmapImages, eval_transform
-from lwise.guide.attacks import FAST_DTYPES
-from lwise.guide.checkpoints import load_model
-from lwise.guide.models import ImageClassifier, prepare_fast
+from lwise.guide.load import Guide, load_guide
+from lwise.guide.models import ImageClassifier
+
+__all__ = [
+    "ScoringConfig",
+    "accuracy_table",
+    "class_name",
+    "min_max_difficulty",
+    "model_outputs",
+    "plot_confusion",
+    "score",
+]
 
 log = logging.getLogger(__name__)
 
 
-def label_column_for(df: pd.DataFrame, num_classes: int, requested: str = "auto") -> str:
-    """`class_num` when the model's classes are the dirmap's, else `orig_class_num` (the
-    1000-way ImageNet index of an ImageNet-16 image); L-WISE's scorer needed this by hand."""
-    if requested != "auto":
-        if requested not in df.columns:
-            raise ValueError(f"label column {requested!r} not in the dirmap")
-        return requested
-    if df["class_num"].max() < num_classes and df["class"].nunique() == num_classes:
-        return "class_num"
-    if "orig_class_num" in df.columns and df["orig_class_num"].max() < num_classes:
-        return "orig_class_num"
-    if df["class_num"].max() < num_classes:
-        return "class_num"
-    raise ValueError(
-        f"no label column fits a {num_classes}-class model: class_num goes up to "
-        f"{df['class_num'].max()} and there is no fitting orig_class_num"
-    )
+@dataclass(frozen=True)
+class ScoringConfig(Section):
+    """The `scoring` config section; meanings and defaults in its schema
+    (`ScoringConfig.from_config({"difficulty_scope": "class"})` fills in the rest)."""
+
+    SECTION = "scoring"
+
+    label_column: str
+    present_classes_only: bool
+    gt_logit_column: str
+    difficulty_scope: str
+    batch_size: int
+    fast_dtype: str
 
 
 def min_max_difficulty(logit: pd.Series, groups: pd.Series | None = None) -> pd.Series:
@@ -57,30 +64,22 @@ def min_max_difficulty(logit: pd.Series, groups: pd.Series | None = None) -> pd.
     return scale(logit) if groups is None else logit.groupby(groups).transform(scale)
 
 
-def model_outputs(
-    model: ImageClassifier,
-    loader: DataLoader,
-    device: torch.device,
-    fast: bool,
-    fast_dtype: str = "float16",
-) -> torch.Tensor:
+def model_outputs(guide: Guide, loader: DataLoader) -> torch.Tensor:
     """Logits (float32, on the CPU) for every image of `loader`, in order.
 
-    `fast` runs the `prepare_fast` model under autocast to `fast_dtype`.
+    A fast guide runs its fast copy under autocast to its `fast_dtype`.
     """
-    net = prepare_fast(model) if fast else model.eval()
-    autocast = torch.autocast(device.type, dtype=FAST_DTYPES[fast_dtype], enabled=fast)
     out = []
-    with torch.no_grad(), autocast:
+    with torch.no_grad(), guide.autocast():
         for x, _, _ in tqdm(loader, desc="scoring"):
-            x = x.to(device, non_blocking=True)
-            if fast:
+            x = x.to(guide.device, non_blocking=True)
+            if guide.fast:
                 x = x.contiguous(memory_format=torch.channels_last)
-            out.append(net(x).float().cpu())
+            out.append(guide.net(x).float().cpu())
     logits = torch.cat(out)
     bad = (~torch.isfinite(logits).all(1)).nonzero()[:, 0].tolist()
     if bad:
-        hint = f" in {fast_dtype}: set fast_dtype bfloat16" if fast else ""
+        hint = f" in {guide.fast_dtype}: set fast_dtype bfloat16" if guide.fast else ""
         raise FloatingPointError(
             f"non-finite logits for {len(bad)} image(s) (dirmap rows {bad[:10]}, 0-based){hint}"
         )
@@ -95,44 +94,43 @@ def score(
     out_confusion: str | os.PathLike,
     out_probabilities: str | os.PathLike | None = None,
     *,
-    label_column: str = "auto",
-    present_classes_only: bool = False,
-    gt_logit_column: str = "robust_gt_logit",
-    difficulty_scope: str = "dataset",
-    image_size: int | None = None,
-    batch_size: int = 256,
-    workers: int = 4,
-    trusted: bool = False,
-    fast_dtype: str = "float16",
+    cfg: ScoringConfig,
+    workers: int,
+    trusted: bool,
 ) -> pd.DataFrame:
     """Score every image; write a new dirmap with the score columns and `difficulty`.
 
-    On a GPU the model runs fast (`lwise.guide.models.prepare_fast`, autocast to `fast_dtype`).
+    On a GPU the model runs fast (`lwise.guide.fast.prepare_fast`, autocast to
+    `cfg.fast_dtype`). `trusted` allows full unpickling of the checkpoint.
     """
-    if difficulty_scope not in ("dataset", "class"):
-        raise ValueError(f"difficulty_scope {difficulty_scope!r}: expected 'dataset' or 'class'")
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = load_model(model_path, trusted=trusted).to(device)
-    size = image_size or model_input_size(model)
+    if cfg.difficulty_scope not in ("dataset", "class"):
+        raise ValueError(
+            f"difficulty_scope {cfg.difficulty_scope!r}: expected 'dataset' or 'class'"
+        )
     df = dirmap.read(dirmap_csv)
-    label = label_column_for(df, model.num_classes, label_column)
-    data = DirmapImages(df, Path(dirmap_csv).parent, eval_transform(size), label)
+    guide = load_guide(
+        model_path, trusted=trusted, fast=None, fast_dtype=cfg.fast_dtype, dirmap=df,
+        label_column=cfg.label_column,
+    )  # fmt: skip
+    label = guide.label_column
+    data = DirmapImages(df, Path(dirmap_csv).parent, eval_transform(guide.input_size), label)
     loader = DataLoader(
-        data, batch_size=batch_size, num_workers=workers, pin_memory=device.type == "cuda"
-    )
-    logits = model_outputs(model, loader, device, device.type == "cuda", fast_dtype)
+        data, batch_size=cfg.batch_size, num_workers=workers,
+        pin_memory=guide.device.type == "cuda",
+    )  # fmt: skip
+    logits = model_outputs(guide, loader)
     y = data.labels
     gt = logits.gather(1, y[:, None])[:, 0]  # over all classes, as the reference
     considered = logits
     ids = torch.arange(logits.shape[1])
-    if present_classes_only:
+    if cfg.present_classes_only:
         ids = torch.as_tensor(sorted(df[label].unique()))
         considered = logits[:, ids]
     logp = considered.log_softmax(1)
     position = {int(c): i for i, c in enumerate(ids)}
     target = torch.as_tensor([position.get(int(t), -1) for t in y])
     out = df.copy()
-    out[gt_logit_column] = gt.numpy()
+    out[cfg.gt_logit_column] = gt.numpy()
     out["predicted_class_num"] = ids[considered.argmax(1)].numpy()
     out["correct"] = out["predicted_class_num"] == out[label]
     out["entropy"] = -(logp.exp() * logp).sum(1).numpy()
@@ -140,25 +138,20 @@ def score(
         target >= 0, -logp.gather(1, target.clamp(min=0)[:, None])[:, 0].numpy(), np.nan
     )
     out["difficulty"] = min_max_difficulty(
-        out[gt_logit_column], out["class"] if difficulty_scope == "class" else None
+        out[cfg.gt_logit_column], out["class"] if cfg.difficulty_scope == "class" else None
     )
     out["im_path"] = dirmap.relative_to(
         df["im_path"].map(lambda p: str(Path(dirmap_csv).parent / p)), Path(out_csv).parent
     )
     dirmap.write(out, out_csv)
     if out_probabilities is not None:  # softmax over the considered classes, for VisAlign
-        names = [class_name(model, out, label, int(i)) for i in ids]
+        names = [class_name(guide.model, out, label, int(i)) for i in ids]
         probs = pd.DataFrame(logp.exp().numpy(), columns=names)
         write_csv(pd.concat([out[["im_path"]], probs], axis=1), out_probabilities)
     write_csv(accuracy_table(out, label), out_accuracy)
-    plot_confusion(out, label, model, out_confusion)
+    plot_confusion(out, label, guide.model, out_confusion)
     log.info("scored %d images with %s: accuracy %.4f", len(out), model_path, out["correct"].mean())
     return out
-
-
-def model_input_size(model: ImageClassifier) -> int:
-    """The image size a model was trained at (224, L-WISE's, when its checkpoint does not say)."""
-    return int(model.training_args.get("image_size", 224))
 
 
 def accuracy_table(scored: pd.DataFrame, label: str) -> pd.DataFrame:

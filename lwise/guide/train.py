@@ -25,17 +25,30 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from lwise.core.atomic import atomic_path, write_csv
-from lwise.data import dirmap
-from lwise.data.loading import DirmapImages, eval_transform, train_transform
-from lwise.guide.attacks import FAST_DTYPES, pgd
+from lwise.core.atomic import write_csv
+from lwise.guide import _train_data
+from lwise.guide._distributed import Run, all_sum, finish, setup_run
+from lwise.guide._resume import load_state, save_state
+from lwise.guide.attacks import pgd
 from lwise.guide.checkpoints import load_model, save_checkpoint
+from lwise.guide.fast import FAST_DTYPES
 from lwise.guide.models import ImageClassifier, build_model, head_name, replace_head
+
+__all__ = [
+    "SCHEDULES",
+    "TRAIN_DTYPE",
+    "TrainConfig",
+    "lr_multiplier",
+    "main",
+    "make_model",
+    "run_training",
+    "train",
+    "validate",
+]
 
 log = logging.getLogger(__name__)
 
@@ -134,47 +147,6 @@ def lr_multiplier(cfg: TrainConfig, epoch: int) -> float:
     return factor * cfg.lr if cfg.schedule == "cosine_reference" else factor
 
 
-# --- distributed helpers: one process per GPU under torchrun, a single process otherwise
-
-
-def _world() -> tuple[int, int, int]:
-    return (
-        int(os.environ.get("RANK", 0)),
-        int(os.environ.get("LOCAL_RANK", 0)),
-        int(os.environ.get("WORLD_SIZE", 1)),
-    )
-
-
-def _check_gpu_count(processes: int) -> None:
-    """One process per GPU: on a CUDA machine, more processes than visible GPUs is a
-    configuration error (without CUDA, the processes share the CPU instead)."""
-    visible = torch.cuda.device_count()
-    if processes > visible:
-        raise ValueError(
-            f"{processes} training processes (guide.gpus) but {visible} visible GPU(s) "
-            f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}): give "
-            "the rule as many GPUs as processes"
-        )
-
-
-def _setup_device() -> tuple[torch.device, int, int]:
-    rank, local_rank, world = _world()
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    if torch.cuda.is_available():
-        _check_gpu_count(world)
-        torch.cuda.set_device(local_rank)
-        return torch.device("cuda", local_rank), rank, world
-    return torch.device("cpu"), rank, world
-
-
-def _sum(values: list[float], device: torch.device) -> list[float]:
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    if dist.is_initialized():
-        dist.all_reduce(t)
-    return t.tolist()
-
-
 def _freeze(model: ImageClassifier, cfg: TrainConfig) -> None:
     if cfg.freeze == "last_layer":
         head = head_name(model.net)
@@ -224,24 +196,6 @@ def make_model(cfg: TrainConfig, class_names: list[str]) -> ImageClassifier:
     return model
 
 
-def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    np_state = np.random.get_state()
-    state["numpy"] = (np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:])
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    kind, keys, *rest = state["numpy"]
-    np.random.set_state((kind, keys.numpy(), *rest))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def _attack(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, fast: bool
 ) -> torch.Tensor:
@@ -261,7 +215,7 @@ def _attack(
     return adv
 
 
-def evaluate(
+def validate(
     model: nn.Module, loader: DataLoader, cfg: TrainConfig, device: torch.device, fast: bool
 ) -> dict:
     """Clean (and, for robust training, adversarial) accuracy and loss over `loader`."""
@@ -278,7 +232,7 @@ def evaluate(
             adv = _attack(model, x, y, cfg, fast)
             with torch.no_grad(), _autocast(device, cfg):
                 totals[3] += (model(adv).argmax(1) == y).sum().item()
-    n, correct, loss, adv_correct = _sum(totals, device)
+    n, correct, loss, adv_correct = all_sum(totals, device)
     out = {"val_clean_acc": correct / n, "val_loss": loss / n}
     if cfg.adversarial:
         out["val_adv_acc"] = adv_correct / n
@@ -289,6 +243,54 @@ def _autocast(device: torch.device, cfg: TrainConfig):
     if cfg.mixed_precision and device.type == "cuda":
         return torch.autocast("cuda", dtype=FAST_DTYPES[TRAIN_DTYPE])
     return nullcontext()
+
+
+def _optimizer(model: nn.Module, cfg: TrainConfig):
+    """SGD with momentum over the trainable parameters, and its learning-rate schedule."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: lr_multiplier(cfg, e))
+    return opt, sched
+
+
+def _train_epoch(
+    net: nn.Module,
+    model: ImageClassifier,
+    loader: DataLoader,
+    opt: torch.optim.Optimizer,
+    cfg: TrainConfig,
+    run: Run,
+    mixer,
+    desc: str,
+) -> dict:
+    """One pass over `loader` (adversarial examples first, for robust training); returns the
+    mean training loss and accuracy over every process."""
+    net.train()
+    _hold_frozen_norms(model)
+    totals = [0.0, 0.0, 0.0]  # n, loss sum, correct
+    for x, y, _ in tqdm(loader, desc=desc, disable=not run.main):
+        x, y = x.to(run.device, non_blocking=True), y.to(run.device, non_blocking=True)
+        if run.fast:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if cfg.adversarial:
+            x = _attack(model, x, y, cfg, run.fast)
+        target = y
+        if mixer is not None:  # mix the adversarial images (attacked with hard labels)
+            x, target = mixer(x, y)
+        with _autocast(run.device, cfg):
+            logits = net(x).float()
+        if mixer is not None:
+            loss = torch.sum(-target * logits.log_softmax(1), dim=1).mean()
+        else:
+            loss = nn.functional.cross_entropy(logits, target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        totals[0] += len(y)
+        totals[1] += loss.detach().item() * len(y)
+        totals[2] += (logits.argmax(1) == y).sum().item()
+    n, loss_sum, correct = all_sum(totals, run.device)
+    return {"train_loss": loss_sum / n, "train_acc": correct / n}
 
 
 def train(
@@ -304,126 +306,33 @@ def train(
     from it. The best model (by adversarial validation accuracy for robust training, clean
     otherwise) is written to `out_model`, one metrics row per epoch to `out_metrics`.
     """
-    device, rank, world = _setup_device()
-    main = rank == 0
+    run = setup_run()
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
-    df = dirmap.read(dirmap_csv)
-    names = df.drop_duplicates("class_num").sort_values("class_num")
-    if cfg.label_column == "class_num" and list(names["class_num"]) != list(range(len(names))):
-        raise ValueError(
-            f"{dirmap_csv}: class_num must be 0..K-1 to train on it, got {list(names['class_num'])}"
-        )
-    class_names = names["class"].tolist()
-    root = Path(dirmap_csv).parent
-    val_split = "val" if (df["split"] == "val").any() else "test"
-    train_set = DirmapImages(
-        df[df["split"] == "train"].reset_index(drop=True),
-        root,
-        train_transform(cfg.image_size, cfg.augment),
-        cfg.label_column,
-    )
-    val_set = DirmapImages(
-        df[df["split"] == val_split].reset_index(drop=True),
-        root,
-        eval_transform(cfg.image_size),
-        cfg.label_column,
-    )
-    if len(train_set) == 0 or len(val_set) == 0:
-        raise ValueError(f"{dirmap_csv}: needs images in 'train' and 'val' (or 'test') splits")
-
-    model = make_model(cfg, class_names).to(device)
-    fast = device.type == "cuda"
-    if fast:
+    train_set, val_set, class_names = _train_data.datasets(dirmap_csv, cfg)
+    model = make_model(cfg, class_names).to(run.device)
+    if run.fast:
         model = model.to(memory_format=torch.channels_last)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: lr_multiplier(cfg, e))
-
+    opt, sched = _optimizer(model, cfg)
     state_dir = Path(state_dir)
     last = state_dir / "last.pt"
-    rows, start, best_score = [], 0, -1.0
-    if last.exists():
-        # On the CPU: RNG states must stay CPU byte tensors; load_state_dict moves the rest.
-        state = torch.load(last, map_location="cpu", weights_only=True)
-        if state["digest"] == cfg.digest():
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            sched.load_state_dict(state["scheduler"])
-            rows, start, best_score = state["rows"], state["epoch"], state["best_score"]
-            _set_rng_state(state["rng"])
-            log.info("resuming after epoch %d from %s", start, last)
-        else:
-            log.info("%s belongs to other settings; starting over", last)
-
-    net = nn.parallel.DistributedDataParallel(model) if world > 1 else model
-    mixer = None
-    if cfg.mixup or cfg.cutmix:
-        from timm.data import Mixup
-
-        # L-WISE: Mixup(mixup_alpha=0.8, cutmix_alpha=1.0, prob=0.3, switch_prob=0.5) when on.
-        mixer = Mixup(
-            mixup_alpha=cfg.mixup,
-            cutmix_alpha=cfg.cutmix,
-            prob=0.3,
-            switch_prob=0.5,
-            num_classes=len(class_names),
-        )
-    val_loader = DataLoader(
-        val_set, batch_size=cfg.val_batch_size, num_workers=cfg.workers, pin_memory=fast,
-        sampler=DistributedSampler(val_set, shuffle=False) if world > 1 else None,
-    )  # fmt: skip
+    rows, start, best_score = load_state(last, cfg.digest(), model, opt, sched)
+    net = nn.parallel.DistributedDataParallel(model) if run.world > 1 else model
+    mixer = _train_data.mixer(cfg, len(class_names))
+    val_loader = _train_data.val_loader(val_set, cfg, run)
 
     for epoch in range(start, cfg.epochs):
         began = time.time()
-        if world > 1:
-            sampler = DistributedSampler(train_set, seed=cfg.seed)
-            sampler.set_epoch(epoch)
-        else:  # the shuffle order depends on the epoch only, so a resumed run sees the same
-            sampler = RandomSampler(
-                train_set, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-            )
-        loader = DataLoader(
-            train_set,
-            batch_size=cfg.batch_size,
-            sampler=sampler,
-            num_workers=cfg.workers,
-            pin_memory=fast,
-            drop_last=mixer is not None,
-        )
-        net.train()
-        _hold_frozen_norms(model)
-        totals = [0.0, 0.0, 0.0]  # n, loss sum, correct
-        for x, y, _ in tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not main):
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            if fast:
-                x = x.contiguous(memory_format=torch.channels_last)
-            if cfg.adversarial:
-                x = _attack(model, x, y, cfg, fast)
-            target = y
-            if mixer is not None:  # mix the adversarial images (attacked with hard labels)
-                x, target = mixer(x, y)
-            with _autocast(device, cfg):
-                logits = net(x).float()
-            if mixer is not None:
-                loss = torch.sum(-target * logits.log_softmax(1), dim=1).mean()
-            else:
-                loss = nn.functional.cross_entropy(logits, target)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            totals[0] += len(y)
-            totals[1] += loss.detach().item() * len(y)
-            totals[2] += (logits.argmax(1) == y).sum().item()
-        lr = opt.param_groups[0]["lr"]
+        loader = _train_data.train_loader(train_set, cfg, run, epoch, drop_last=mixer is not None)
+        desc = f"epoch {epoch + 1}/{cfg.epochs}"
+        row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"]}
+        row |= _train_epoch(net, model, loader, opt, cfg, run, mixer, desc)
         sched.step()
-        n, loss_sum, correct = _sum(totals, device)
-        row = {"epoch": epoch + 1, "lr": lr, "train_loss": loss_sum / n, "train_acc": correct / n}
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-            row |= evaluate(model, val_loader, cfg, device, fast)
+            row |= validate(model, val_loader, cfg, run.device, run.fast)
             score = row["val_adv_acc" if cfg.adversarial else "val_clean_acc"]
-            if main and score > best_score:
+            if run.main and score > best_score:
                 best_score = score
                 save_checkpoint(
                     state_dir / "best.pt",
@@ -434,36 +343,48 @@ def train(
         row["seconds"] = time.time() - began
         rows.append(row)
         log.info("epoch %d: %s", epoch + 1, {k: round(v, 4) for k, v in row.items()})
-        if main:
-            state_dir.mkdir(parents=True, exist_ok=True)
-            with atomic_path(last) as tmp:
-                torch.save(
-                    {
-                        "digest": cfg.digest(),
-                        "epoch": epoch + 1,
-                        "model": model.state_dict(),
-                        "optimizer": opt.state_dict(),
-                        "scheduler": sched.state_dict(),
-                        "rows": rows,
-                        "best_score": best_score,
-                        "rng": _rng_state(),
-                    },
-                    tmp,
-                )
-    metrics = pd.DataFrame(rows)
-    if main:
-        best = load_model(state_dir / "best.pt")
-        save_checkpoint(
-            out_model,
-            best,
-            {"metrics": rows[-1], "best_score": best_score},
-            training_args=dataclasses.asdict(cfg),
-        )
-        write_csv(metrics, out_metrics)
-    if dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
-    return metrics
+        if run.main:
+            save_state(last, cfg.digest(), epoch + 1, model, opt, sched, rows, best_score)
+    if run.main:
+        _write_outputs(state_dir / "best.pt", out_model, out_metrics, cfg, rows, best_score)
+    finish()
+    return pd.DataFrame(rows)
+
+
+def _write_outputs(best_pt, out_model, out_metrics, cfg, rows, best_score) -> None:
+    """The best epoch's model, with the last epoch's metrics, and the metrics table."""
+    best = load_model(best_pt)
+    save_checkpoint(
+        out_model,
+        best,
+        {"metrics": rows[-1], "best_score": best_score},
+        training_args=dataclasses.asdict(cfg),
+    )
+    write_csv(pd.DataFrame(rows), out_metrics)
+
+
+def run_training(
+    dirmap_csv, out_model, out_metrics, state_dir, cfg: TrainConfig, gpus: int
+) -> None:
+    """Train in this process, or under torchrun with one process per GPU when gpus > 1
+    (`python -m lwise.guide.train`, below)."""
+    if gpus <= 1:
+        train(dirmap_csv, out_model, out_metrics, state_dir, cfg)
+        return
+    import subprocess
+    import sys
+
+    state_dir = Path(state_dir)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    config = state_dir / "config.json"
+    config.write_text(json.dumps(dataclasses.asdict(cfg)))
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={gpus}",
+        "-m", "lwise.guide.train", "--dirmap", str(dirmap_csv), "--out-model", str(out_model),
+        "--out-metrics", str(out_metrics), "--state-dir", str(state_dir), "--config", str(config),
+    ]  # fmt: skip
+    log.info("launching DistributedDataParallel on %d processes: %s", gpus, " ".join(cmd))
+    subprocess.run(cmd, check=True, stdout=sys.stderr, stderr=sys.stderr)
 
 
 def main() -> None:
@@ -484,26 +405,3 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-
-
-def run_training(
-    dirmap_csv, out_model, out_metrics, state_dir, cfg: TrainConfig, gpus: int
-) -> None:
-    """Train in this process, or under torchrun with one process per GPU when gpus > 1."""
-    if gpus <= 1:
-        train(dirmap_csv, out_model, out_metrics, state_dir, cfg)
-        return
-    import subprocess
-    import sys
-
-    state_dir = Path(state_dir)
-    state_dir.mkdir(parents=True, exist_ok=True)
-    config = state_dir / "config.json"
-    config.write_text(json.dumps(dataclasses.asdict(cfg)))
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={gpus}",
-        "-m", "lwise.guide.train", "--dirmap", str(dirmap_csv), "--out-model", str(out_model),
-        "--out-metrics", str(out_metrics), "--state-dir", str(state_dir), "--config", str(config),
-    ]  # fmt: skip
-    log.info("launching DistributedDataParallel on %d processes: %s", gpus, " ".join(cmd))
-    subprocess.run(cmd, check=True, stdout=sys.stderr, stderr=sys.stderr)

@@ -1,47 +1,56 @@
 """Stage 6: enhancement: PGD that raises the ground-truth evidence, one image set per epsilon.
 
 As L-WISE `enhance.py`: images are preprocessed (shorter side, centre crop) exactly like the
-natural set, perturbed within an L2 (or L-inf) ball, and saved as 8-bit images under the same
-relative key (`im_path`) in every version, so one key names an image in all its versions.
+natural set (`lwise.stimuli.natural`), perturbed within an L2 (or L-inf) ball, and saved as
+8-bit images under the same key (`im_path`) in every version, so one key names an image in all
+its versions.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from lwise.core.atomic import atomic_path
+from lwise.core.config import Section
 from lwise.data import dirmap
-from lwise.data.imaging import FORMATS
 from lwise.data.loading import DirmapImages, eval_transform
 from lwise.guide.attacks import pgd, steps_for_eps
 from lwise.guide.augment import MultiView
-from lwise.guide.checkpoints import load_model
-from lwise.guide.models import prepare_fast
-from lwise.guide.score import label_column_for, model_input_size
+from lwise.guide.load import Guide, load_guide
+from lwise.stimuli._write import save_images, stimulus_dirmap, stimulus_keys
+
+__all__ = ["EnhanceConfig", "enhance", "quantise"]
 
 log = logging.getLogger(__name__)
 
 
-def image_keys(df: pd.DataFrame, csv: Path, key_root: Path, fmt: str) -> pd.Series:
-    """Each image's path relative to `key_root`, with the output format's extension."""
-    ext = FORMATS[fmt]
-    return df["im_path"].map(
-        lambda p: (
-            Path(os.path.relpath((csv.parent / p).resolve(), key_root.resolve()))
-            .with_suffix(ext)
-            .as_posix()
-        )
-    )
+@dataclass(frozen=True)
+class EnhanceConfig(Section):
+    """One enhancement job's settings: the `enhance` config section but its list of epsilons
+    and objectives (each job has one of each) and the contact sheet's size. Meanings and
+    defaults are in the schema: `EnhanceConfig.from_config({"direction": "attack"})`."""
+
+    SECTION = "enhance"
+
+    step_size: float
+    steps: int | None
+    constraint: str
+    direction: str
+    diverge_from: list[str] | None
+    views: dict | None
+    format: str
+    jpeg_quality: int
+    batch_size: int
+    fast_dtype: str
 
 
 def quantise(x: torch.Tensor) -> torch.Tensor:
@@ -49,52 +58,25 @@ def quantise(x: torch.Tensor) -> torch.Tensor:
     return torch.round(x.clamp(0, 1) * 255) / 255
 
 
-def _save(batch: torch.Tensor, paths: list[Path], fmt: str, quality: int) -> None:
-    arrays = (batch.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    kwargs = {"quality": quality} if fmt == "jpeg" else {}
+def _competitors(
+    df: pd.DataFrame, guide: Guide, diverge_from: list[str] | None, csv: Path
+) -> tuple[torch.Tensor, pd.DataFrame]:
+    """The logit_diverge competitor mask over the model's classes, and the rows to enhance.
 
-    def one(item):
-        array, path = item
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(np.ascontiguousarray(array)).save(path, **kwargs)
-
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        list(pool.map(one, zip(arrays, paths, strict=True)))
-
-
-def _load(dirmap_csv, model_path, label_column, image_size, trusted):
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = load_model(model_path, trusted=trusted).to(device)
-    df = dirmap.read(dirmap_csv)
-    label = label_column_for(df, model.num_classes, label_column)
-    size = image_size or model_input_size(model)
-    return device, model, df, label, size
-
-
-def write_natural(
-    dirmap_csv: str | os.PathLike,
-    out_dir: str | os.PathLike,
-    *,
-    key_root: str | os.PathLike,
-    image_size: int,
-    fmt: str = "png",
-    jpeg_quality: int = 95,
-    batch_size: int = 64,
-    workers: int = 4,
-) -> pd.DataFrame:
-    """The natural stimuli: the same preprocessing and 8-bit encoding as the enhanced ones."""
-    csv = Path(dirmap_csv)
-    df = dirmap.read(csv)
-    keys = image_keys(df, csv, Path(key_root), fmt)
-    data = DirmapImages(df, csv.parent, eval_transform(image_size))
-    with atomic_path(out_dir, directory=True) as tmp:
-        for x, _, idx in tqdm(
-            DataLoader(data, batch_size=batch_size, num_workers=workers), desc="natural"
-        ):
-            _save(x, [tmp / keys[int(i)] for i in idx], fmt, jpeg_quality)
-        out = df.assign(im_path=keys, orig_im_path=df.get("orig_im_path", df["im_path"]))
-        dirmap.write(out, tmp / "dirmap.csv")
-    return out
+    As L-WISE `enhance.py --diverge_from`: the named classes compete, and their own rows go;
+    without names, the other classes present in the dirmap compete.
+    """
+    label = guide.label_column
+    competitors = torch.zeros(guide.num_classes, dtype=torch.bool, device=guide.device)
+    if not diverge_from:
+        competitors[torch.as_tensor(sorted(df[label].unique()), device=guide.device)] = True
+        return competitors, df
+    by_name = dict(zip(df["class"], df[label], strict=False))
+    missing = sorted(set(diverge_from) - set(by_name))
+    if missing:
+        raise ValueError(f"diverge_from class(es) {missing} not in {csv}")
+    competitors[[int(by_name[c]) for c in diverge_from]] = True
+    return competitors, df[~df["class"].isin(diverge_from)].reset_index(drop=True)
 
 
 def enhance(
@@ -104,78 +86,58 @@ def enhance(
     *,
     key_root: str | os.PathLike,
     eps: float,
-    objective: str = "logit",
-    steps: int | None = None,
-    step_size: float = 0.5,
-    constraint: str = "2",
-    direction: str = "enhance",
-    diverge_from: list[str] | None = None,
-    views: dict | None = None,
-    label_column: str = "auto",
-    image_size: int | None = None,
-    fmt: str = "png",
-    jpeg_quality: int = 95,
-    batch_size: int = 64,
-    workers: int = 4,
+    objective: str,
+    cfg: EnhanceConfig,
+    workers: int,
+    trusted: bool,
+    label_column: str | None = None,
     mode: str | None = None,
-    fast_dtype: str = "float16",
-    trusted: bool = False,
 ) -> pd.DataFrame:
-    """Enhance (or, with direction="attack", disrupt) every image of the dirmap.
+    """Enhance (or, with `cfg.direction` "attack", disrupt) every image of the dirmap.
 
-    Steps default to max(1, round(2·eps)) with step 0.5, so step·steps = eps (L-WISE batch
-    scripts). The output dirmap records, per image, the L2 distance actually achieved between
-    the saved natural and enhanced 8-bit images, and the ground-truth-logit gain between them.
+    Steps default to max(1, round(2·eps)) with step 0.5, so step·steps = eps (L-WISE
+    `scripts/batch_enhance/*.sh`). `mode` is "fast" or "reference" (default: fast on a GPU);
+    `label_column` defaults to the one that fits the model (`lwise.guide.load`). The output
+    dirmap records, per image, the L2 distance actually achieved between the saved natural and
+    enhanced 8-bit images, and the ground-truth-logit gain between them.
     """
     csv = Path(dirmap_csv)
-    device, model, df, label, size = _load(csv, model_path, label_column, image_size, trusted)
-    steps = steps or steps_for_eps(eps)
-    mode = mode or ("fast" if device.type == "cuda" else "reference")
-    net = prepare_fast(model) if mode == "fast" else model.eval().requires_grad_(False)
-
+    df = dirmap.read(csv)
+    guide = load_guide(
+        model_path, trusted=trusted, fast=None if mode is None else mode == "fast",
+        fast_dtype=cfg.fast_dtype, dirmap=df, label_column=label_column,
+    )  # fmt: skip
+    guide.model.requires_grad_(False)  # gradients for the input only
+    steps = cfg.steps or steps_for_eps(eps)
     competitors = None
     if objective == "logit_diverge":
-        competitors = torch.zeros(model.num_classes, dtype=torch.bool, device=device)
-        if diverge_from:  # as the reference: named classes compete, and their own rows go
-            by_name = dict(zip(df["class"], df[label], strict=False))
-            missing = sorted(set(diverge_from) - set(by_name))
-            if missing:
-                raise ValueError(f"diverge_from class(es) {missing} not in {csv}")
-            competitors[[int(by_name[c]) for c in diverge_from]] = True
-            df = df[~df["class"].isin(diverge_from)].reset_index(drop=True)
-        else:  # the other classes present in the dirmap
-            competitors[torch.as_tensor(sorted(df[label].unique()), device=device)] = True
-    multiview = MultiView(**views) if views else None
+        competitors, df = _competitors(df, guide, cfg.diverge_from, csv)
+    multiview = MultiView(**cfg.views) if cfg.views else None
 
-    keys = image_keys(df, csv, Path(key_root), fmt)
-    data = DirmapImages(df, csv.parent, eval_transform(size), label)
+    keys = stimulus_keys(df, csv, key_root, cfg.format)
+    data = DirmapImages(df, csv.parent, eval_transform(guide.input_size), guide.label_column)
     loader = DataLoader(
-        data, batch_size=batch_size, num_workers=workers, pin_memory=device.type == "cuda"
-    )
+        data, batch_size=cfg.batch_size, num_workers=workers,
+        pin_memory=guide.device.type == "cuda",
+    )  # fmt: skip
     stats = np.zeros((len(df), 3), dtype=np.float64)  # l2, gt logit natural, gt logit enhanced
     with atomic_path(out_dir, directory=True) as tmp:
         for x, y, idx in tqdm(loader, desc=f"{objective} eps={eps:g}"):
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            x, y = x.to(guide.device, non_blocking=True), y.to(guide.device, non_blocking=True)
             adv = pgd(
-                net, x, y, eps=eps, step_size=step_size, steps=steps, constraint=constraint,
-                objective=objective, direction=direction, competitors=competitors,
-                views=multiview, mode=mode, fast_dtype=fast_dtype,
+                guide.net, x, y, eps=eps, step_size=cfg.step_size, steps=steps,
+                constraint=cfg.constraint, objective=objective, direction=cfg.direction,
+                competitors=competitors, views=multiview, mode=guide.mode,
+                fast_dtype=cfg.fast_dtype,
             )  # fmt: skip
-            natural_q, adv_q = quantise(x), quantise(adv)
-            with torch.no_grad():
-                both = net(
-                    torch.cat([natural_q, adv_q]).contiguous(memory_format=torch.channels_last)
-                )
-            gt = both.float().gather(1, torch.cat([y, y])[:, None])[:, 0].view(2, -1)
-            l2 = (adv_q - natural_q).flatten(1).norm(dim=1)
-            stats[idx.numpy()] = torch.stack([l2, gt[0], gt[1]], 1).cpu().numpy()
-            _save(adv, [tmp / keys[int(i)] for i in idx], fmt, jpeg_quality)
-        out = df.assign(
-            im_path=keys,
-            orig_im_path=df.get("orig_im_path", df["im_path"]),
+            stats[idx.numpy()] = _achieved(guide, x, adv, y)
+            save_images(adv, [tmp / keys[int(i)] for i in idx], cfg.format, cfg.jpeg_quality)
+        out = stimulus_dirmap(
+            df,
+            keys,
             eps=eps,
             objective=objective,
-            direction=direction,
+            direction=cfg.direction,
             l2_distance=stats[:, 0],
             gt_logit_natural=stats[:, 1],
             gt_logit_enhanced=stats[:, 2],
@@ -184,39 +146,19 @@ def enhance(
         dirmap.write(out, tmp / "dirmap.csv")
     log.info(
         "%s eps=%g (%d steps of %g): mean L2 %.3f, mean logit gain %.3f",
-        objective, eps, steps, step_size, out["l2_distance"].mean(), out["logit_gain"].mean(),
+        objective, eps, steps, cfg.step_size, out["l2_distance"].mean(), out["logit_gain"].mean(),
     )  # fmt: skip
     return out
 
 
-def contact_sheet(
-    versions: dict[str, str | os.PathLike], out_png: str | os.PathLike, per_class: int = 2
-) -> None:
-    """A grid: rows are a few images per class, columns the versions (natural, each epsilon)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    first = dirmap.read(Path(next(iter(versions.values()))) / "dirmap.csv")
-    rows = first.sort_values(["class_num", "im_path"]).groupby("class_num").head(per_class)
-    fig, axes = plt.subplots(
-        len(rows), len(versions), figsize=(1.6 * len(versions), 1.6 * len(rows)), squeeze=False
-    )
-    for r, (_, row) in enumerate(rows.iterrows()):
-        for c, (name, folder) in enumerate(versions.items()):
-            ax = axes[r][c]
-            path = Path(folder) / row["im_path"]
-            if path.exists():
-                with Image.open(path) as img:
-                    ax.imshow(img.convert("RGB"))
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                ax.set_title(name, fontsize=8)
-            if c == 0:
-                ax.set_ylabel(str(row["class"]), fontsize=8)
-    fig.tight_layout()
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+def _achieved(guide: Guide, x: torch.Tensor, adv: torch.Tensor, y: torch.Tensor) -> np.ndarray:
+    """Per image: the L2 distance between the 8-bit natural and enhanced images, and the
+    ground-truth logit of each (what the saved files give, not the float iterates)."""
+    natural_q, adv_q = quantise(x), quantise(adv)
+    with torch.no_grad():
+        both = guide.net(
+            torch.cat([natural_q, adv_q]).contiguous(memory_format=torch.channels_last)
+        )
+    gt = both.float().gather(1, torch.cat([y, y])[:, None])[:, 0].view(2, -1)
+    l2 = (adv_q - natural_q).flatten(1).norm(dim=1)
+    return torch.stack([l2, gt[0], gt[1]], 1).cpu().numpy()

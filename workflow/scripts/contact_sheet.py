@@ -1,7 +1,7 @@
 from pathlib import Path
 
 from lwise.core.logs import script_logging
-from lwise.stimuli.enhance import contact_sheet
+from lwise.stimuli.contact_sheet import contact_sheet
 
 with script_logging(snakemake.log[0]):
     versions = {Path(p).name: p for p in snakemake.input}

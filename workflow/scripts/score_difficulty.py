@@ -2,7 +2,7 @@ from pathlib import Path
 
 from lwise.core.gpuslots import acquire_gpus, gpus_requested
 from lwise.core.logs import script_logging
-from lwise.guide.score import score
+from lwise.guide.score import ScoringConfig, score
 
 with script_logging(snakemake.log[0]), acquire_gpus(gpus_requested(snakemake.resources)):
     score(
@@ -12,7 +12,7 @@ with script_logging(snakemake.log[0]), acquire_gpus(gpus_requested(snakemake.res
         snakemake.output.accuracy,
         snakemake.output.confusion,
         snakemake.output.probabilities,
+        cfg=ScoringConfig.from_config(snakemake.params.scoring),
         workers=snakemake.threads,
         trusted=snakemake.params.trusted,
-        **snakemake.params.scoring,
     )

@@ -4,15 +4,12 @@ from lwise.core.gpuslots import acquire_gpus, gpus_requested
 from lwise.core.logs import script_logging
 from lwise.guide.train import TrainConfig, run_training
 
-with script_logging(snakemake.log[0]):
-    guide = snakemake.params.guide
-    n = gpus_requested(snakemake.resources)
-    with acquire_gpus(n) as devices:
-        run_training(
-            Path(snakemake.input[0]) / "dirmap.csv",
-            snakemake.output.model,
-            snakemake.output.metrics,
-            snakemake.params.state_dir,
-            TrainConfig.from_dict(guide["train"]),
-            gpus=len(devices),
-        )
+with script_logging(snakemake.log[0]), acquire_gpus(gpus_requested(snakemake.resources)) as gpus:
+    run_training(
+        Path(snakemake.input[0]) / "dirmap.csv",
+        snakemake.output.model,
+        snakemake.output.metrics,
+        snakemake.params.state_dir,
+        TrainConfig.from_dict(snakemake.params.guide["train"]),
+        gpus=len(gpus),
+    )

@@ -1,0 +1,78 @@
+"""The data of a training run: the train and validation splits of the dirmap, their loaders
+(sharded across processes under DistributedDataParallel) and the optional mixup/cutmix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+
+from lwise.data import dirmap
+from lwise.data.loading import DirmapImages, eval_transform, train_transform
+from lwise.guide._distributed import Run
+
+if TYPE_CHECKING:
+    from lwise.guide.train import TrainConfig
+
+
+def datasets(dirmap_csv, cfg: TrainConfig) -> tuple[DirmapImages, DirmapImages, list[str]]:
+    """The train split, the val split (test when there is no val) and the class names."""
+    df = dirmap.read(dirmap_csv)
+    names = df.drop_duplicates("class_num").sort_values("class_num")
+    if cfg.label_column == "class_num" and list(names["class_num"]) != list(range(len(names))):
+        raise ValueError(
+            f"{dirmap_csv}: class_num must be 0..K-1 to train on it, got {list(names['class_num'])}"
+        )
+    root = Path(dirmap_csv).parent
+    val_split = "val" if (df["split"] == "val").any() else "test"
+
+    def split(name: str, transform) -> DirmapImages:
+        rows = df[df["split"] == name].reset_index(drop=True)
+        return DirmapImages(rows, root, transform, cfg.label_column)
+
+    train_set = split("train", train_transform(cfg.image_size, cfg.augment))
+    val_set = split(val_split, eval_transform(cfg.image_size))
+    if len(train_set) == 0 or len(val_set) == 0:
+        raise ValueError(f"{dirmap_csv}: needs images in 'train' and 'val' (or 'test') splits")
+    return train_set, val_set, names["class"].tolist()
+
+
+def val_loader(val_set: DirmapImages, cfg: TrainConfig, run: Run) -> DataLoader:
+    return DataLoader(
+        val_set, batch_size=cfg.val_batch_size, num_workers=cfg.workers, pin_memory=run.fast,
+        sampler=DistributedSampler(val_set, shuffle=False) if run.world > 1 else None,
+    )  # fmt: skip
+
+
+def train_loader(
+    train_set: DirmapImages, cfg: TrainConfig, run: Run, epoch: int, drop_last: bool
+) -> DataLoader:
+    if run.world > 1:
+        sampler = DistributedSampler(train_set, seed=cfg.seed)
+        sampler.set_epoch(epoch)
+    else:  # the shuffle order depends on the epoch only, so a resumed run sees the same
+        sampler = RandomSampler(
+            train_set, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+        )
+    return DataLoader(
+        train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
+        pin_memory=run.fast, drop_last=drop_last,
+    )  # fmt: skip
+
+
+def mixer(cfg: TrainConfig, num_classes: int):
+    """timm's Mixup when mixup or cutmix is on, else None."""
+    if not (cfg.mixup or cfg.cutmix):
+        return None
+    from timm.data import Mixup
+
+    # L-WISE: Mixup(mixup_alpha=0.8, cutmix_alpha=1.0, prob=0.3, switch_prob=0.5) when on.
+    return Mixup(
+        mixup_alpha=cfg.mixup,
+        cutmix_alpha=cfg.cutmix,
+        prob=0.3,
+        switch_prob=0.5,
+        num_classes=num_classes,
+    )
