@@ -3,6 +3,7 @@ import re
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
+from lwise.core import config as lwise_config
 from lwise.core import keys
 
 min_version("9.0")
@@ -64,9 +65,14 @@ wildcard_constraints:
 
 
 def section(dataset, name):
-    """A stage's settings: the top-level section, overridden key by key by the dataset's."""
+    """A stage's settings: the top-level section, overridden key by key by the dataset's,
+    checked against the section's schema (a dataset's override is checked only here)."""
     merged = dict(config[name])
     merged.update(config["datasets"][dataset].get(name, {}))
+    try:
+        lwise_config.validate(merged, name)
+    except lwise_config.ConfigError as err:
+        raise WorkflowError(f"dataset {dataset!r}: {err}") from None
     return merged
 
 

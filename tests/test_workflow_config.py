@@ -33,3 +33,12 @@ def test_close_and_tiny_epsilons_get_their_own_sets_and_contact_sheet(tmp_path):
     for name in ("logit_eps0.1234567", "logit_eps0.1234568", "logit_eps0.0000001"):
         assert f"results/digits/stimuli/{name}" in out
     assert "contact_sheet" in out
+
+
+def test_a_dataset_override_with_an_unknown_key_fails_when_the_workflow_is_parsed(tmp_path):
+    config = tiny_config()
+    config["datasets"]["digits"]["enhance"] = {"batchsize": 3}
+    proc = run_workflow(tmp_path, config, "--dry-run", check=False)
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert "dataset 'digits'" in out and "batchsize" in out
