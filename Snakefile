@@ -19,6 +19,8 @@ include: "rules/upload.smk"
 include: "rules/evaluate.smk"
 include: "rules/experiments.smk"
 include: "rules/correspondence.smk"
+include: "rules/attention.smk"
+include: "rules/report.smk"
 
 
 rule all:

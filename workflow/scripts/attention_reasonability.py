@@ -1,0 +1,5 @@
+from lwise.alignment.attention import reasonability_matrix
+from lwise.core.logs import script_logging
+
+with script_logging(snakemake.log[0]):
+    reasonability_matrix(snakemake.input.iou, snakemake.input.assessment, snakemake.output[0])
