@@ -3,6 +3,7 @@
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO, run_workflow, tiny_config
 
 
@@ -42,3 +43,16 @@ def test_a_dataset_override_with_an_unknown_key_fails_when_the_workflow_is_parse
     assert proc.returncode != 0
     out = proc.stdout + proc.stderr
     assert "dataset 'digits'" in out and "batchsize" in out
+
+
+@pytest.mark.parametrize("name", ["imagenette.yaml", "public-datasets.yaml"])
+def test_shipped_configs_plan_on_their_own(tmp_path, name):
+    # A config names only what differs from the schema's defaults.
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--cores", "1",
+         "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
+         "--configfile", str(REPO / "configs" / name), "--replace-workflow-config"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "train_guide" in proc.stdout and "enhance" in proc.stdout
