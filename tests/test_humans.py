@@ -172,3 +172,15 @@ def test_simulation_rejects_bad_images():
         simulate(images=images().drop(columns="difficulty"))
     with pytest.raises(ValueError, match="not among the classes"):
         simulate(classes=["cat", "dog"])
+
+
+def test_the_shipped_trials_example_is_valid():
+    from pathlib import Path
+
+    from lwise.core import keys
+
+    example = Path(__file__).resolve().parents[1] / "configs" / "trials-example.csv"
+    trials = humans.read_trials(example, classes=[str(d) for d in range(10)])
+    assert len(trials) == 6 and set(trials["response"]) <= {*map(str, range(10)), "abstain"}
+    for condition in set(trials["condition"]):
+        keys.parse_set(condition)  # every condition is a stimulus-set name
