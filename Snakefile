@@ -21,6 +21,8 @@ include: "rules/experiments.smk"
 include: "rules/correspondence.smk"
 include: "rules/attention.smk"
 include: "rules/report.smk"
+include: "rules/visalign.smk"
+include: "rules/debugging.smk"
 
 
 rule all:

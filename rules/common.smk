@@ -1,10 +1,14 @@
+import hashlib
+import os
 import re
+from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
 from lwise.core import config as lwise_config
 from lwise.core import keys
+from lwise.stimuli import settings as enhance_steps
 
 min_version("9.0")
 
@@ -89,10 +93,63 @@ def enhance_settings(wildcards):
 
 
 def guide_model(wildcards):
-    """A configured ready checkpoint, or the model the train_guide rule makes."""
-    return guide_settings(wildcards).get("checkpoint") or "results/{dataset}/guide/model.pt".format(
-        **wildcards
-    )
+    """The guide model that the rules load, either a configured checkpoint as import_guide
+    writes it (in our format, recording everything) or the model train_guide makes."""
+    name = "imported.pt" if guide_settings(wildcards).get("checkpoint") else "model.pt"
+    return f"results/{wildcards.dataset}/guide/{name}"
+
+
+def configured_file(dataset, key, path):
+    """A file the config names, as a rule's input. Missing is an error: Snakemake itself says
+    "Nothing to be done" when a missing input's outputs exist. Paths under results/ may be
+    another rule's output (e.g. another dataset's guide model) and are left to Snakemake."""
+    if not os.path.isfile(path) and Path(os.path.normpath(path)).parts[0] != "results":
+        raise WorkflowError(
+            f"dataset {dataset!r}: {key} {path!r} does not exist (relative paths are relative "
+            f"to {os.getcwd()})"
+        )
+    return path
+
+
+def guide_checkpoint(wildcards):
+    """The configured guide.checkpoint (the input of import_guide)."""
+    path = guide_settings(wildcards).get("checkpoint")
+    if not path:
+        raise WorkflowError(
+            f"dataset {wildcards.dataset!r}: no guide.checkpoint to import; the train_guide "
+            "rule makes the guide model"
+        )
+    return configured_file(wildcards.dataset, "guide.checkpoint", path)
+
+
+def guide_loader(wildcards):
+    """What import_guide reads the checkpoint with where the file does not record it."""
+    cfg = guide_settings(wildcards)
+    keys = ("trusted", "arch", "num_classes", "mean", "std", "image_size")
+    return {k: cfg.get(k) for k in keys if k in cfg}
+
+
+_SHA256 = {}
+
+
+def file_sha256(path):
+    """SHA-256 of a file, once per (path, size, mtime) in this process."""
+    stat = os.stat(path)
+    key = (os.path.abspath(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _SHA256:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        _SHA256[key] = digest.hexdigest()
+    return _SHA256[key]
+
+
+def guide_checkpoint_sha256(wildcards):
+    """A param, so a replaced checkpoint reruns import_guide (and all after it) even when its
+    modification time is older than the outputs (a copy that kept its time)."""
+    path = guide_checkpoint(wildcards)
+    return file_sha256(path) if os.path.isfile(path) else None
 
 
 def guide_gpus(wildcards):
@@ -128,6 +185,10 @@ def upload_endpoint():
 def stimulus_set_names(dataset):
     cfg = section(dataset, "enhance")
     try:
+        enhance_steps.check_steps(cfg.get("steps"), cfg["epsilons"])
+    except ValueError as err:
+        raise WorkflowError(f"config: dataset {dataset!r}: {err}") from err
+    try:
         return keys.set_names(cfg["objectives"], cfg["epsilons"])
     except ValueError as err:
         raise WorkflowError(f"config: dataset {dataset!r}, enhance.epsilons: {err}") from err
@@ -162,14 +223,17 @@ def stimulus_set_names_of(wildcards):
 
 
 def enhance_job_settings(wildcards):
-    """What one enhancement job uses: not the lists of epsilons and objectives, so adding an
-    epsilon leaves the other epsilons' jobs up to date."""
+    """What one enhancement job uses: not the lists of epsilons and objectives, and the steps
+    of its own epsilon only, so adding an epsilon or changing another epsilon's steps leaves
+    this job up to date (the views are in, so turning them on or off reruns it)."""
     cfg = enhance_settings(wildcards)
-    return {
+    settings = {
         k: v
         for k, v in cfg.items()
         if k not in ("epsilons", "objectives", "contact_sheet_per_class")
     }
+    settings["steps"] = enhance_steps.steps_for(cfg.get("steps"), float(wildcards.eps))
+    return settings
 
 
 def natural_settings(wildcards):

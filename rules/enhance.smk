@@ -1,9 +1,40 @@
+from lwise.data.pixels import PREPROCESSING
+
+
+rule preprocess_stimuli:
+    """Every image decoded once, at the guide model's input size, into one uint8 array that the
+    natural and every enhanced set read memory-mapped (a new epsilon decodes nothing)."""
+    input:
+        images="results/{dataset}/imagefolder",
+        model=guide_model,
+    output:
+        pixels="results/{dataset}/stimuli/preprocessed.npy",
+        index="results/{dataset}/stimuli/preprocessed.csv",
+    log:
+        "results/logs/{dataset}/preprocess_stimuli.log",
+    benchmark:
+        "results/benchmarks/{dataset}/preprocess_stimuli.tsv"
+    conda:
+        "../envs/lwise.yaml"
+    threads: 8
+    resources:
+        mem_mb=4000,
+        runtime=120,
+    params:
+        preprocessing=PREPROCESSING,
+        trusted=guide_trusted,
+    script:
+        "../workflow/scripts/preprocess_stimuli.py"
+
+
 rule natural_stimuli:
     """The unperturbed stimuli, preprocessed and encoded exactly like the enhanced ones."""
     input:
         images="results/{dataset}/imagefolder",
         dirmap="results/{dataset}/difficulty/dirmap.csv",
         model=guide_model,
+        pixels="results/{dataset}/stimuli/preprocessed.npy",
+        index="results/{dataset}/stimuli/preprocessed.csv",
     output:
         directory("results/{dataset}/stimuli/natural"),
     log:
@@ -12,7 +43,7 @@ rule natural_stimuli:
         "results/benchmarks/{dataset}/natural_stimuli.tsv"
     conda:
         "../envs/lwise.yaml"
-    threads: 4
+    threads: 8
     resources:
         mem_mb=4000,
         runtime=120,
@@ -24,11 +55,14 @@ rule natural_stimuli:
 
 
 rule enhance:
-    """PGD toward the ground-truth class at one epsilon with one objective."""
+    """PGD toward the ground-truth class at one epsilon with one objective; pixels read from
+    the preprocessed array ahead of the GPU, PNGs encoded behind it in worker processes."""
     input:
         images="results/{dataset}/imagefolder",
         dirmap="results/{dataset}/difficulty/dirmap.csv",
         model=guide_model,
+        pixels="results/{dataset}/stimuli/preprocessed.npy",
+        index="results/{dataset}/stimuli/preprocessed.csv",
     output:
         directory("results/{dataset}/stimuli/{objective}_eps{eps}"),
     log:
@@ -37,7 +71,7 @@ rule enhance:
         "results/benchmarks/{dataset}/enhance_{objective}_eps{eps}.tsv"
     conda:
         "../envs/lwise.yaml"
-    threads: 4
+    threads: 8
     resources:
         gpu=1,
         mem_mb=8000,
@@ -51,7 +85,7 @@ rule enhance:
 
 
 rule contact_sheet:
-    """Natural vs every enhanced version, a few images per class."""
+    """Natural vs every enhanced version, per class across the difficulty range, capped."""
     input:
         contact_sheet_inputs,
     output:
@@ -73,5 +107,7 @@ rule contact_sheet:
         runtime=30,
     params:
         per_class=contact_sheet_per_class,
+        sheet=config["report"]["contact_sheet"],
+        logit_column=lambda wildcards: scoring_settings(wildcards)["gt_logit_column"],
     script:
         "../workflow/scripts/contact_sheet.py"

@@ -1,7 +1,11 @@
 rule train_guide:
-    """Adversarially train (or fine-tune) the guide model on the dataset's ImageFolder."""
+    """Adversarially train (or fine-tune) the guide model on the dataset's ImageFolder. A rerun
+    resumes from the resume state only when it belongs to the same run (settings, data and
+    initial checkpoint); otherwise it starts over and the log says why."""
     input:
-        "results/{dataset}/imagefolder",
+        folder="results/{dataset}/imagefolder",
+        # A fine-tuning start: missing is an error, replaced means retraining.
+        init=lambda w: guide_settings(w)["train"].get("init_checkpoint") or [],
     output:
         model="results/{dataset}/guide/model.pt",
         metrics="results/{dataset}/guide/metrics.csv",
@@ -17,7 +21,7 @@ rule train_guide:
         mem_mb=16000,
         runtime=2880,
     params:
-        guide=guide_settings,
+        train=lambda w: guide_settings(w)["train"],
         # Resume state lives beside the outputs, which Snakemake deletes when a job fails.
         state_dir="results/{dataset}/guide/resume",
     script:

@@ -231,10 +231,20 @@ def test_fast_mode_skips_non_finite_gradients_per_sample(linear_model, caplog):
 
 @pytest.mark.parametrize("context", [torch.no_grad, torch.inference_mode])
 def test_pgd_works_inside_gradient_free_contexts(linear_model, context):
+    # Values near 0.5, so that no step reaches the [0, 1] clamp.
+    x = 0.4 + 0.2 * torch.rand(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([0, 1])
+    kwargs = {"eps": 1.0, "step_size": 0.5, "steps": 2, "objective": "logit"}
+    outside = pgd(linear_model, x, y, **kwargs)
     with context():
-        x = torch.rand(2, 3, 4, 4)
-        adv = pgd(linear_model, x, torch.tensor([0, 1]), eps=1, step_size=0.5, steps=2)
-    assert not torch.equal(adv, x)
+        inside = pgd(linear_model, x.clone(), y, **kwargs)  # an inference tensor in there
+    assert torch.equal(inside, outside)
+    # The logit objective's gradient is the class's weight row w_y: two L2 steps of 0.5 along
+    # it raise the logit by exactly eps·‖w_y‖.
+    w = linear_model[1].weight.detach()
+    with torch.no_grad():
+        gain = (linear_model(inside) - linear_model(x)).gather(1, y[:, None]).squeeze(1)
+    assert torch.allclose(gain, 1.0 * w[y].norm(dim=1), rtol=1e-4)
 
 
 def test_pgd_rejects_a_model_in_training_mode(linear_model):
@@ -391,3 +401,40 @@ def test_multiview_enhancement_returns_the_last_iterate_and_helps(digits_model):
     logit0, error0 = _gt_logit_and_error(model, x, y)
     logit1, error1 = _gt_logit_and_error(model, with_best, y)
     assert logit1 > logit0 + 0.4 and error1 < error0
+
+
+# --- issue 13: messages and named competitors ---------------------------------------------------
+
+
+def test_pgd_errors_name_the_argument_and_its_value(linear_model):
+    x, y = torch.rand(1, 3, 4, 4), torch.tensor([0])
+    with pytest.raises(ValueError, match=r"^pgd: eps -3 \(must be >= 0\)$"):
+        pgd(linear_model, x, y, eps=-3, step_size=0.5, steps=1)
+    with pytest.raises(ValueError, match=r"step_size 0 \(must be > 0\), steps -1 \(must be >= 0\)"):
+        pgd(linear_model, x, y, eps=1, step_size=0, steps=-1)
+    with pytest.raises(ValueError, match=r"restarts -2 \(must be >= 0\)"):
+        pgd(linear_model, x, y, eps=1, step_size=0.5, steps=1, restarts=-2)
+    with pytest.raises(ValueError, match=r"eps nan"):
+        pgd(linear_model, x, y, eps=float("nan"), step_size=0.5, steps=1)
+
+
+def test_logit_diverge_from_named_classes_moves_away_from_them(digits_model):
+    """L-WISE `enhance.py --diverge_from`: only the named classes compete. Their logits fall
+    relative to the true class's, by more than when every class competes."""
+    model, x, y = digits_model
+    keep = (y != 3) & (y != 5)
+    x, y = x[keep][:64], y[keep][:64]
+    named = torch.zeros(10, dtype=torch.bool)
+    named[[3, 5]] = True
+    kwargs = {"eps": 1.0, "step_size": 0.5, "steps": 2, "objective": "logit_diverge"}
+
+    def margin(images):  # true-class logit minus the mean of the named classes' logits
+        with torch.no_grad():
+            logits = model(images)
+        return logits.gather(1, y[:, None]).squeeze(1) - logits[:, [3, 5]].mean(1)
+
+    before = margin(x)
+    targeted = margin(pgd(model, x, y, competitors=named, **kwargs)) - before
+    untargeted = margin(pgd(model, x, y, **kwargs)) - before
+    assert (targeted > 0).float().mean() > 0.95 and targeted.mean() > 1.0
+    assert targeted.mean() > untargeted.mean() + 0.3

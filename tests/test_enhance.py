@@ -104,3 +104,28 @@ def test_contact_sheet(held_out, digits_model, tmp_path):
     with Image.open(tmp_path / "sheet.png") as im:
         assert im.size[1] > im.size[0]  # 10 rows (one per class), 2 columns
     assert pd.read_csv(tmp_path / "natural/dirmap.csv")["im_path"].is_unique
+
+
+# --- multi-view enhancement, steps per epsilon, provenance --------------------------------------
+
+
+def test_views_and_steps_are_recorded_in_the_sets_provenance(held_out, digits_model, tmp_path):
+    """Runs with and without views are told apart by the provenance.json written with the set;
+    a steps mapping gives its epsilon's steps; a chunked multi-view run enhances too."""
+    import json
+
+    single = _run(held_out, digits_model, tmp_path / "single", eps=1.0, steps={1: 3, 4: 9})
+    views = {"num_views": 2, "types": ["color", "translation", "cutout"], "seed": 5}
+    multi = _run(held_out, digits_model, tmp_path / "multi", eps=1.0, views=views, view_chunk=64)
+    plain, record = (
+        json.loads((tmp_path / f / "provenance.json").read_text()) for f in ("single", "multi")
+    )
+    assert plain["settings"]["views"] is None and plain["steps"] == 3
+    assert plain["settings"]["steps"] == {"1": 3, "4": 9}  # the setting as given (JSON keys)
+    assert record["settings"]["views"] == {**views, "cutout": "inside"}
+    assert record["steps"] == 2 and record["settings"]["view_chunk"] == 64
+    assert {"eps", "objective", "images", "guide", "mode", "lwise", "set"} <= set(record)
+    assert record["set"] == "multi" and record["images"] == len(multi)
+    # Averaged over views (K·B = 400 views in chunks of 64), the gain is smaller but real.
+    assert multi["logit_gain"].mean() > 0.1
+    assert multi["logit_gain"].mean() < single["logit_gain"].mean()

@@ -1,5 +1,7 @@
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -10,26 +12,65 @@ import pytest
 import torch
 from conftest import SMALL_TRAIN
 
+from lwise.core.config import ConfigError
 from lwise.guide.checkpoints import load_model, save_checkpoint
 from lwise.guide.models import build_model
 from lwise.guide.train import TrainConfig, _attack, lr_multiplier, run_training, train
 
 
+def settings(**overrides) -> TrainConfig:
+    return TrainConfig.from_config(overrides)
+
+
 def test_schedules():
-    step = TrainConfig(schedule="step", step_lr=50, step_gamma=0.1)
+    step = settings(schedule="step", step_lr=50, step_gamma=0.1)
     assert [lr_multiplier(step, e) for e in (0, 49, 50, 120)] == pytest.approx([1, 1, 0.1, 0.01])
-    cos = TrainConfig(schedule="cosine", lr=0.1, epochs=15, warmup_epochs=5)
+    cos = settings(schedule="cosine", lr=0.1, epochs=15, warmup_epochs=5)
     assert lr_multiplier(cos, 0) == pytest.approx(0.2)
     assert lr_multiplier(cos, 5) == pytest.approx(1.0)  # peak: the configured lr itself
     assert lr_multiplier(cos, 10) == pytest.approx(0.5)
-    ref = TrainConfig(schedule="cosine_reference", lr=0.1, epochs=15, warmup_epochs=5)
+    ref = settings(schedule="cosine_reference", lr=0.1, epochs=15, warmup_epochs=5)
     assert 0.1 * lr_multiplier(ref, 5) == pytest.approx(0.01)  # L-WISE's lr² peak
-    pw = TrainConfig(schedule="piecewise", milestones=((0, 1.0), (3, 0.5), (6, 0.1)))
+    pw = settings(schedule="piecewise", milestones=[[0, 1.0], [3, 0.5], [6, 0.1]])
     assert [lr_multiplier(pw, e) for e in (0, 3, 5, 6)] == [1.0, 0.5, 0.5, 0.1]
-    with pytest.raises(ValueError, match="schedule 'linear'"):
-        TrainConfig(schedule="linear")
-    with pytest.raises(ValueError, match=r"unknown training option\(s\) \['epoch'\]"):
-        TrainConfig.from_dict({"epoch": 3})
+
+
+def test_training_config_defaults_come_from_the_schema():
+    cfg = TrainConfig.from_config({})
+    # robustness/defaults.py (ImageNet) as L-WISE fills them in.
+    assert (cfg.arch, cfg.lr, cfg.momentum, cfg.weight_decay) == ("resnet50", 0.1, 0.9, 1e-4)
+    assert (cfg.eps, cfg.attack_steps, cfg.attack_lr, cfg.constraint) == (3.0, 7, 0.5, "2")
+    assert cfg.mean == (0.485, 0.456, 0.406) and cfg.milestones == ()
+    assert TrainConfig.from_dict(SMALL_TRAIN) == TrainConfig.from_config(SMALL_TRAIN)
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ({"epochs": "two"}, r"guide\.train\.epochs 'two': 'two' is not of type 'integer'"),
+        ({"eps": -3}, r"guide\.train\.eps -3: -3 is less than the minimum of 0"),
+        ({"schedule": "linear"}, r"guide\.train\.schedule 'linear'"),
+        ({"constraint": 2}, r"guide\.train\.constraint 2"),
+        ({"epoch": 3}, r"'epoch' was unexpected"),
+        ({"milestones": [[3]]}, r"guide\.train\.milestones\.0 \[3\]"),
+    ],
+)
+def test_training_config_errors_name_the_key_and_value(bad, message):
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig.from_config(bad)
+
+
+def test_torchrun_entry_point_checks_its_config_before_training(tmp_path):
+    message = r"guide\.train\.epochs 'two': 'two' is not of type 'integer'"
+    (tmp_path / "cfg.json").write_text(json.dumps({**SMALL_TRAIN, "epochs": "two"}))
+    proc = subprocess.run(
+        [sys.executable, "-m", "lwise.guide.train", "--dirmap", str(tmp_path / "none.csv"),
+         "--out-model", str(tmp_path / "m.pt"), "--out-metrics", str(tmp_path / "m.csv"),
+         "--state-dir", str(tmp_path / "s"), "--config", str(tmp_path / "cfg.json")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode != 0 and "ConfigError" in proc.stderr
+    assert re.search(message, proc.stderr) and not (tmp_path / "s").exists()
 
 
 def test_fast_training_attack_survives_logits_beyond_float16(caplog):
@@ -42,11 +83,11 @@ def test_fast_training_attack_survives_logits_beyond_float16(caplog):
     x, y = torch.rand(4, 3, 32, 32), torch.arange(4)
     assert model.eval()(x).abs().max() > 65504
     with caplog.at_level("WARNING", logger="lwise"):
-        adv = _attack(model.train(), x, y, TrainConfig(eps=1.0, attack_steps=2), fast=True)
+        adv = _attack(model.train(), x, y, settings(eps=1.0, attack_steps=2), fast=True)
     assert "non-finite" not in caplog.text
     assert ((adv - x).flatten(1).norm(dim=1) > 0.5).all()
     assert model.training  # handed back in training mode
-    cfg = TrainConfig(eps=1.0, attack_steps=2, mixed_precision=False)  # fp32: the reference
+    cfg = settings(eps=1.0, attack_steps=2, mixed_precision=False)  # fp32: the reference
     assert torch.isfinite(_attack(model, x, y, cfg, fast=True)).all()
 
 
@@ -132,9 +173,9 @@ def test_fine_tune_replaces_head_and_freezes(digits_folder, tmp_path):
 
 
 @pytest.mark.slow
-def test_two_processes_train_with_ddp_on_cpu(digits_folder, tmp_path, monkeypatch):
+def test_two_processes_train_with_ddp_on_cpu(digits_folder, tmp_path, monkeypatch, capfd):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # CPU processes (gloo) on any machine
-    cfg = TrainConfig.from_dict({**SMALL_TRAIN, "epochs": 1, "adversarial": False})
+    cfg = TrainConfig.from_dict({**SMALL_TRAIN, "epochs": 3, "adversarial": False})
     run_training(
         digits_folder / "dirmap.csv",
         tmp_path / "m.pt",
@@ -143,6 +184,124 @@ def test_two_processes_train_with_ddp_on_cpu(digits_folder, tmp_path, monkeypatc
         cfg,
         gpus=2,
     )
+    # Both ranks compared every parameter and buffer at the end and found them identical.
+    assert capfd.readouterr().err.count("the 2 training processes hold identical weights") == 2
     metrics = pd.read_csv(tmp_path / "m.csv")
-    assert len(metrics) == 1 and metrics.loc[0, "val_clean_acc"] > 0.1
+    assert list(metrics["epoch"]) == [1, 2, 3]
+    assert metrics["val_clean_acc"].iloc[-1] > 0.6  # chance is 0.1; digits are easy
     assert load_model(tmp_path / "m.pt").num_classes == 10
+
+
+def test_replicas_that_differ_are_caught(tmp_path):
+    """The end-of-training check really compares the ranks: one changed weight fails it."""
+    script = tmp_path / "ranks.py"
+    script.write_text(
+        "import os, torch, torch.distributed as dist\n"
+        "from lwise.guide._distributed import replicas_agree\n"
+        "dist.init_process_group('gloo')\n"
+        "torch.manual_seed(0)\n"
+        "m = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))\n"
+        "same = replicas_agree(m, torch.device('cpu'))\n"
+        "if dist.get_rank() == 1:\n"
+        "    m[1].running_mean[1] += 1e-6\n"
+        "print('agree', same, replicas_agree(m, torch.device('cpu')), flush=True)\n"
+        "dist.destroy_process_group()\n"
+    )
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+         str(script)], capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("agree True False") == 2
+
+
+# --- resume state belongs to one run (issue 13, items 1 and 11) --------------------------------
+
+
+def _class_subset(digits_folder, out, classes: list[str]):
+    """An ImageFolder of some digit classes, renumbered 0..K-1 as the imagefolder stage does."""
+    from lwise.data import dirmap
+
+    df = dirmap.read(digits_folder / "dirmap.csv")
+    df = df[df["class"].isin(classes)].copy()
+    df["class_num"] = df["class"].map({c: i for i, c in enumerate(sorted(classes))})
+    if out.exists():
+        shutil.rmtree(out)
+    for rel in df["im_path"]:
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(digits_folder / rel, out / rel)
+    dirmap.write(df.drop(columns=["orig_im_path"], errors="ignore"), out / "dirmap.csv")
+    return out / "dirmap.csv"
+
+
+def test_changed_dataset_is_not_resumed(digits_folder, tmp_path, caplog):
+    cfg = TrainConfig.from_dict({**SMALL_TRAIN, "epochs": 1, "adversarial": False})
+    folder, state = tmp_path / "imagefolder", tmp_path / "resume"
+    outs = (tmp_path / "model.pt", tmp_path / "metrics.csv", state)
+
+    def rerun(classes):
+        caplog.clear()
+        csv = _class_subset(digits_folder, folder, classes)
+        with caplog.at_level("INFO", logger="lwise.guide"):
+            train(csv, *outs, cfg)
+        return load_model(tmp_path / "model.pt")
+
+    assert rerun(["0", "1", "2"]).class_names == ["0", "1", "2"]
+    first = (tmp_path / "model.pt").read_bytes()
+    with caplog.at_level("INFO", logger="lwise.guide"):  # the same run: resumed, nothing to do
+        train(folder / "dirmap.csv", *outs, cfg)
+    assert "resuming after epoch 1" in caplog.text
+    assert rerun(["3", "4", "5"]).class_names == ["3", "4", "5"]
+    assert "resuming" not in caplog.text
+    assert "its run had other training data" in caplog.text
+    assert (tmp_path / "model.pt").read_bytes() != first
+    four = rerun(["3", "4", "5", "6"])  # a head of another size: no size-mismatch traceback
+    assert four.num_classes == 4 and four.class_names == ["3", "4", "5", "6"]
+    assert "its run had other training data" in caplog.text
+
+
+def test_changed_initial_checkpoint_is_not_resumed(digits_folder, tmp_path, caplog):
+    csv = _class_subset(digits_folder, tmp_path / "imagefolder", ["0", "1"])
+    init = tmp_path / "init.pt"
+    cfg = TrainConfig.from_dict(
+        {**SMALL_TRAIN, "epochs": 1, "adversarial": False, "init_checkpoint": str(init)}
+    )
+    outs = (tmp_path / "model.pt", tmp_path / "metrics.csv", tmp_path / "resume")
+    torch.manual_seed(0)
+    save_checkpoint(init, build_model("small_cnn", 2, [0.5] * 3, [0.25] * 3))
+    train(csv, *outs, cfg)
+    torch.manual_seed(1)  # the same path, another starting model
+    save_checkpoint(init, build_model("small_cnn", 2, [0.5] * 3, [0.25] * 3))
+    with caplog.at_level("INFO", logger="lwise.guide"):
+        train(csv, *outs, cfg)
+    assert "resuming" not in caplog.text
+    assert "its run had other initial checkpoint" in caplog.text
+
+
+def test_resume_state_of_another_class_count_is_discarded(tmp_path, caplog):
+    """A state with this run's key but a model of another shape (e.g. written by hand or by an
+    older version) is discarded with the reason, never a size-mismatch traceback."""
+    from lwise.guide._resume import load_state, save_state
+
+    def parts(classes):
+        model = build_model("small_cnn", classes, [0.5] * 3, [0.25] * 3)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        return model, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda e: 1.0)
+
+    key = {"settings": "s", "data": "d", "init_checkpoint": "none"}
+    last = tmp_path / "last.pt"
+    save_state(last, key, 3, *parts(3), [{"epoch": 3}], 0.5)
+    with caplog.at_level("INFO", logger="lwise.guide"):
+        assert load_state(last, key, *parts(4)) == ([], 0, -1.0)
+    assert "shape (3, " in caplog.text and "(4, " in caplog.text
+    assert "another number of classes" in caplog.text
+    caplog.clear()
+    with caplog.at_level("INFO", logger="lwise.guide"):  # the matching model resumes
+        assert load_state(last, key, *parts(3)) == ([{"epoch": 3}], 3, 0.5)
+        assert load_state(last, {**key, "settings": "t"}, *parts(3)) == ([], 0, -1.0)
+    assert "its run had other training settings" in caplog.text
+    torch.save({"epoch": 1, "digest": "abc"}, last)  # the format before run keys
+    with caplog.at_level("INFO", logger="lwise.guide"):
+        assert load_state(last, key, *parts(3)) == ([], 0, -1.0)
+    assert "no run key" in caplog.text

@@ -144,3 +144,41 @@ def test_real_human_trials_replace_the_simulation(finished, tmp_path):
     assert jobs == {"evaluate_alignment": 1, "all": 1}  # alignment_human; nothing simulated
     run_workflow(work, real)
     assert (work / "results/digits/alignment_human/summary.csv").exists()
+
+
+# --- issue 13: the training section is checked, and a changed dataset is trained anew ----------
+
+
+def test_training_config_error_names_the_key_before_any_job(tmp_path):
+    config = tiny_config()
+    config["guide"]["train"]["epochs"] = "two"
+    proc = run_workflow(tmp_path, config, "--dry-run", check=False)
+    out = proc.stdout + proc.stderr
+    # Snakemake's own check of the whole config (rules/common.smk) names the key as a path.
+    assert proc.returncode != 0 and "Job stats" not in out
+    assert "'two' is not of type 'integer'" in out and "['guide']['train']['epochs']" in out
+    config["guide"]["train"] = {"eps": -3}
+    proc = run_workflow(tmp_path, config, "--dry-run", check=False)
+    out = proc.stdout + proc.stderr
+    assert "-3 is less than the minimum of 0" in out and "['guide']['train']['eps']" in out
+
+
+@pytest.mark.slow
+def test_changed_classes_train_a_new_model_instead_of_resuming(tmp_path):
+    import torch
+
+    from lwise.guide.checkpoints import load_model
+
+    config = tiny_config()
+    target = "results/digits/guide/model.pt"
+    log = tmp_path / "results/logs/digits/train_guide.log"
+    model = tmp_path / target
+    for classes in (["0", "1", "2"], ["3", "4", "5"], ["3", "4", "5", "6"]):
+        config["datasets"]["digits"]["build"]["classes"] = classes
+        run_workflow(tmp_path, config, target)
+        assert load_model(model).class_names == classes
+        state = torch.load(tmp_path / "results/digits/guide/resume/last.pt", weights_only=True)
+        assert state["epoch"] == 1
+    text = log.read_text()
+    assert "resuming" not in text and "its run had other training data" in text
+    assert "size mismatch" not in text

@@ -21,7 +21,6 @@ import os
 from collections.abc import Mapping
 
 import pandas as pd
-from tqdm import tqdm
 
 # The analysis modules register themselves on import.
 from lwise.alignment import consistency, difficulty, enhancement, visalign  # noqa: F401
@@ -30,6 +29,7 @@ from lwise.alignment.inputs import read_inputs
 from lwise.alignment.plots import SYNTHETIC_NOTE, save
 from lwise.alignment.summary import summary_table
 from lwise.core.atomic import atomic_path, write_csv
+from lwise.core.logs import progress
 
 __all__ = ["EvaluationConfig", "evaluate_alignment"]
 
@@ -87,7 +87,7 @@ def evaluate_alignment(
     rows = []
     with atomic_path(out_dir, directory=True) as tmp:
         context = AlignmentContext(inputs=inputs, config=config, out_dir=tmp)
-        with tqdm(total=len(config.analyses) + 1, desc="alignment") as bar:
+        with progress(total=len(config.analyses) + 1, desc="alignment") as bar:
             for name in config.analyses:
                 bar.set_postfix_str(name)
                 result = ANALYSES[name](context)

@@ -278,3 +278,6 @@ def define(
         "%s: %d images, %d classes, per split %s", out_csv, len(df), df["class"].nunique(), counts
     )
     return df
+
+
+from lwise.data import visalign_layout  # noqa: E402, F401

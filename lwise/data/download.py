@@ -19,9 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from tqdm import tqdm
-
 from lwise.core.config import Section
+from lwise.core.logs import progress
 from lwise.data.archive import ExtractLimits, extract, is_archive
 
 log = logging.getLogger(__name__)
@@ -247,7 +246,7 @@ def _fetch_remote(
                 version_file.unlink(missing_ok=True)
             with (
                 open(part, "ab" if offset else "wb") as out,
-                tqdm(
+                progress(
                     total=total, initial=offset, unit="B", unit_scale=True, desc=source.name
                 ) as bar,
             ):

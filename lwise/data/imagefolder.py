@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image
-from tqdm import tqdm
 
 from lwise.core.atomic import atomic_path
 from lwise.core.config import Section
+from lwise.core.logs import progress
 from lwise.data import dirmap
 from lwise.data.imaging import FORMATS, RESIZE_MODES, load_rgb, resize
 
@@ -197,7 +197,9 @@ def build(
 
         errors = {}
         with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-            for src, err in tqdm(pool.map(work, jobs.items()), total=len(jobs), desc="imagefolder"):
+            for src, err in progress(
+                pool.map(work, jobs.items()), total=len(jobs), desc="imagefolder"
+            ):
                 if err:
                     errors[src] = err
                     log.warning("skipped %s: %s", src, err)

@@ -1,14 +1,21 @@
-"""Datasets read through dirmaps, with the L-WISE preprocessing (shorter side, centre crop)."""
+"""Datasets read through dirmaps, with the L-WISE preprocessing (shorter side, centre crop).
+
+`DirmapImages` decodes on the CPU (PIL) in DataLoader workers; `EncodedImages` with
+`decode_images` decodes JPEGs on the GPU (nvjpeg) and everything else on the CPU.
+"""
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
+from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import v2
 
 from lwise.data import dirmap
@@ -81,3 +88,86 @@ class DirmapImages(Dataset):
         with Image.open(self.paths[i]) as img:
             img.load()
             return self.transform(to_rgb(img)), self.labels[i], i
+
+
+def preprocess_transform(size: int) -> v2.Compose:
+    """`eval_transform` without the final conversion: the 8-bit pixels (3, size, size) that
+    `to_unit` turns into exactly what `eval_transform` gives (its Resize already rounds to
+    8 bits), so a uint8 cache of them is lossless."""
+    return v2.Compose([v2.ToImage(), v2.Resize(size, antialias=True), v2.CenterCrop(size)])
+
+
+def to_unit(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 images (..., 3, H, W) as float32 in [0, 1], as `eval_transform` converts them."""
+    return v2.functional.to_dtype(pixels, torch.float32, scale=True)
+
+
+JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+class EncodedImages(DirmapImages):
+    """A dirmap's images for decoding on a device: a JPEG comes as its file's bytes (a 1-D
+    uint8 array), anything else already decoded on the CPU into `preprocess_transform(size)`
+    pixels (3, size, size uint8). Batch with `collate_encoded`, decode with `decode_images`.
+
+    Items are numpy arrays, not tensors: DataLoader workers would hand each tensor over in a
+    shared-memory segment of its own, hundreds per batch; arrays travel in the pickle."""
+
+    def __init__(self, df: pd.DataFrame, root: str | os.PathLike, size: int, label_column: str):
+        super().__init__(df, root, preprocess_transform(size), label_column)
+
+    def __getitem__(self, i: int):
+        data = self.paths[i].read_bytes()
+        if data.startswith(JPEG_MAGIC):
+            return np.frombuffer(bytearray(data), dtype=np.uint8), int(self.labels[i]), i
+        return decode_on_cpu(data, self.transform).numpy(), int(self.labels[i]), i
+
+
+def decode_on_cpu(data: bytes, transform) -> torch.Tensor:
+    """The CPU path: PIL decodes the file's bytes, as `DirmapImages` does."""
+    with Image.open(io.BytesIO(data)) as img:
+        img.load()
+        return transform(to_rgb(img))
+
+
+def collate_encoded(items: list) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """Batch `EncodedImages` items: (list of byte or pixel arrays, labels, row positions)."""
+    data, labels, rows = zip(*items, strict=True)
+    return list(data), np.asarray(labels), np.asarray(rows)
+
+
+def decode_images(
+    data: list[np.ndarray | torch.Tensor], size: int, device: torch.device
+) -> tuple[torch.Tensor, int]:
+    """Float images (B, 3, size, size) in [0, 1] on `device` from `collate_encoded` data.
+
+    JPEG bytes are decoded on `device` (torchvision's nvjpeg on CUDA), resized and cropped
+    there as `eval_transform` does; images of one shape are resized together. A batch that the
+    device cannot decode (CMYK, a corrupt file) falls back to the CPU path (PIL). Returns the
+    images and how many of them fell back.
+    """
+    transform = preprocess_transform(size)
+    data = [torch.as_tensor(d) for d in data]  # no copy
+    jpeg = [i for i, d in enumerate(data) if d.dim() == 1]
+    out: list[torch.Tensor | None] = [
+        None if d.dim() == 1 else d.to(device, non_blocking=True) for d in data
+    ]
+    fallback = 0
+    if jpeg:
+        try:
+            decoded = decode_jpeg([data[i] for i in jpeg], mode=ImageReadMode.RGB, device=device)
+        except RuntimeError:  # nvjpeg refuses some files; the whole call fails then
+            decoded = None
+        if decoded is None:
+            for i in jpeg:
+                out[i] = decode_on_cpu(data[i].numpy().tobytes(), transform).to(device)
+            fallback = len(jpeg)
+        else:
+            by_shape: dict[tuple, list[tuple[int, torch.Tensor]]] = {}
+            for i, image in zip(jpeg, decoded, strict=True):
+                by_shape.setdefault(tuple(image.shape), []).append((i, image))
+            for group in by_shape.values():
+                resized = transform(torch.stack([image for _, image in group]))
+                for (i, _), image in zip(group, resized, strict=True):
+                    out[i] = image
+    return to_unit(torch.stack(out)), fallback  # type: ignore[arg-type]

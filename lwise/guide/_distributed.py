@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,37 @@ def all_sum(values: list[float], device: torch.device) -> list[float]:
     if dist.is_initialized():
         dist.all_reduce(t)
     return t.tolist()
+
+
+def sync_buffers(model: torch.nn.Module) -> None:
+    """Give every process rank 0's buffers (BatchNorm statistics), which each process updated
+    on its own shard since DistributedDataParallel last broadcast them: validation then runs
+    the model that rank 0 saves."""
+    if dist.is_initialized():
+        for buffer in model.buffers():
+            dist.broadcast(buffer.data, src=0)
+
+
+def replicas_agree(model: torch.nn.Module, device: torch.device) -> bool:
+    """Whether every process holds exactly the same parameters and buffers (True alone)."""
+    if not dist.is_initialized():
+        return True
+    differ = torch.zeros(1, dtype=torch.float64, device=device)
+    for tensor in model.state_dict().values():
+        top = tensor.detach().clone()
+        dist.all_reduce(top, op=dist.ReduceOp.MAX)
+        differ += (top != tensor).any().double()
+    dist.all_reduce(differ)
+    return differ.item() == 0
+
+
+def check_replicas(model: torch.nn.Module, run: Run) -> None:
+    """Raise unless every process of the run holds the same weights (nothing in one process)."""
+    if run.world == 1:
+        return
+    if not replicas_agree(model, run.device):
+        raise RuntimeError(f"the {run.world} training processes ended with different weights")
+    log.info("the %d training processes hold identical weights", run.world)
 
 
 def finish() -> None:

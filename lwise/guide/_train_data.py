@@ -3,6 +3,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,6 +19,8 @@ from lwise.guide._distributed import Run
 
 if TYPE_CHECKING:
     from lwise.guide.train import TrainConfig
+
+log = logging.getLogger(__name__)
 
 
 def datasets(dirmap_csv, cfg: TrainConfig) -> tuple[DirmapImages, DirmapImages, list[str]]:
@@ -37,6 +43,25 @@ def datasets(dirmap_csv, cfg: TrainConfig) -> tuple[DirmapImages, DirmapImages, 
     if len(train_set) == 0 or len(val_set) == 0:
         raise ValueError(f"{dirmap_csv}: needs images in 'train' and 'val' (or 'test') splits")
     return train_set, val_set, names["class"].tolist()
+
+
+def fingerprint(
+    dirmap_csv, train_set: DirmapImages, val_set: DirmapImages, class_names: list[str]
+) -> str:
+    """A hash of the training data: the class names and, per image of both splits, its path
+    relative to the dirmap, its label, its file's size and modification time (a rebuilt
+    ImageFolder therefore counts as new data, even with the same pixels)."""
+    root = Path(dirmap_csv).parent
+    h = hashlib.sha256(json.dumps(class_names).encode())
+    n = 0
+    for split, images in (("train", train_set), ("val", val_set)):
+        for path, label in zip(images.paths, images.labels.tolist(), strict=True):
+            st = path.stat()
+            rel = os.path.relpath(path, root)
+            h.update(f"{split}\0{rel}\0{label}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            n += 1
+    log.info("fingerprinted the %d training and validation images", n)
+    return h.hexdigest()
 
 
 def val_loader(val_set: DirmapImages, cfg: TrainConfig, run: Run) -> DataLoader:

@@ -306,8 +306,18 @@ def pgd(
         raise ValueError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}")
     if fast_dtype not in FAST_DTYPES:
         raise ValueError(f"unknown fast_dtype {fast_dtype!r}; valid: {', '.join(FAST_DTYPES)}")
-    if eps < 0 or step_size <= 0 or steps < 0 or restarts < 0:
-        raise ValueError("need eps >= 0, step_size > 0, steps >= 0 and restarts >= 0")
+    bad = [
+        f"{name} {value!r} (must be {rule})"
+        for name, value, ok, rule in (
+            ("eps", eps, eps >= 0, ">= 0"),
+            ("step_size", step_size, step_size > 0, "> 0"),
+            ("steps", steps, steps >= 0, ">= 0"),
+            ("restarts", restarts, restarts >= 0, ">= 0"),
+        )
+        if not ok
+    ]
+    if bad:
+        raise ValueError("pgd: " + ", ".join(bad))
     if getattr(model, "training", False):
         raise ValueError("put the model in eval mode before pgd (BatchNorm must not update)")
     if x.shape[0] != y.shape[0]:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import copy
 import logging
 import operator
+import os
+from pathlib import Path
 
 import torch
 from torch import fx, nn
@@ -24,6 +26,7 @@ __all__ = [
     "FAST_DTYPES",
     "ConvReLU",
     "SpaceToDepth",
+    "compile_cache_dir",
     "fold_batchnorm",
     "fuse_conv_relu",
     "prepare_fast",
@@ -313,6 +316,21 @@ def fuse_conv_relu(model: ImageClassifier) -> ImageClassifier:
     return model
 
 
+def compile_cache_dir() -> Path:
+    """Where torch.compile keeps its compiled kernels and graphs, so that every job of a run and
+    later runs compile once: `TORCHINDUCTOR_CACHE_DIR` when set, else `lwise/torchinductor`
+    under the user's cache folder (`XDG_CACHE_HOME`, default ~/.cache), never inductor's own
+    default under /tmp, which machines clear. Triton's kernels follow (`TRITON_CACHE_DIR`).
+    Sets both variables for this process and its children."""
+    if not os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
+        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache / "lwise" / "torchinductor")
+    root = Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
+    os.environ.setdefault("TRITON_CACHE_DIR", str(root / "triton"))
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
 def prepare_fast(
     model: ImageClassifier, compile: bool | None = None, compile_mode: str | None = None
 ) -> nn.Module:
@@ -321,7 +339,8 @@ def prepare_fast(
     parameters (input-only gradients), channels_last weights, and torch.compile when `compile`
     is True (default: only on CUDA, as compiling on the CPU costs more than it saves). Shapes
     are compiled statically: each new batch size compiles again, and so does each call
-    (folding makes a new module class), so prepare once per process.
+    (folding makes a new module class), so prepare once per process. Compiled code is cached
+    on disk (`compile_cache_dir`): a later job with the same model and shapes loads it.
     """
     device = next(model.parameters()).device
     # Fixed shapes for the whole job: let cuDNN pick its fastest convolution algorithms.
@@ -336,4 +355,5 @@ def prepare_fast(
     torch._dynamo.config.recompile_limit = max(
         torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT
     )
+    log.info("torch.compile cache: %s", compile_cache_dir())
     return torch.compile(fast, mode=compile_mode, dynamic=False)

@@ -8,12 +8,19 @@ the guide model (VisAlign, correspondence, Grad-CAM, debugging sets) load it her
 
     guide = load_guide("results/digits/guide/model.pt", trusted=False, dirmap=df)
     logits = guide.net(x.to(guide.device))  # x: images in [0, 1] at guide.input_size
+
+A file that does not record its architecture, class count, normalisation or input size takes
+them from `load_guide`'s keywords (the `guide` config section; the workflow applies them once,
+in `import_guide`, so every rule loads a file in our format). A 1000-way ImageNet model on a
+subset labels images by `orig_class_num`; `pool_logits` turns its logits into the dataset's
+K-way decision.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import pandas as pd
@@ -31,6 +38,8 @@ __all__ = [
     "label_column_for",
     "load_guide",
     "model_input_size",
+    "pool_logits",
+    "pooled_members",
 ]
 
 # The input size when a checkpoint does not record one: L-WISE's (224×224 crops).
@@ -86,6 +95,11 @@ def load_guide(
     fast_dtype: str | None = None,
     dirmap: pd.DataFrame | None = None,
     label_column: str | None = None,
+    arch: str | None = None,
+    num_classes: int | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    image_size: int | None = None,
 ) -> Guide:
     """The guide model at `path`, ready for inference.
 
@@ -96,9 +110,16 @@ def load_guide(
     - `dirmap`, `label_column`: with a dirmap, `Guide.label_column` is `label_column` (checked
       against its columns) or, when that is None or "auto", the column that fits the model's
       classes (`label_column_for`).
+    - `arch`, `num_classes`, `mean`, `std`, `image_size`: what the file lacks
+      (`lwise.guide.checkpoints.load_model`: the file's record wins, a contradiction is an
+      error).
     """
     device = torch.device(device) if device is not None else default_device()
-    model = load_model(path, trusted=trusted).to(device).eval()
+    model = load_model(
+        path, trusted=trusted, arch=arch, num_classes=num_classes, mean=mean, std=std,
+        image_size=image_size,
+    )  # fmt: skip
+    model = model.to(device).eval()
     fast = device.type == "cuda" if fast is None else fast
     if fast_dtype is not None and fast_dtype not in FAST_DTYPES:
         raise ValueError(f"unknown fast_dtype {fast_dtype!r}; valid: {', '.join(FAST_DTYPES)}")
@@ -142,3 +163,51 @@ def label_column_for(df: pd.DataFrame, num_classes: int, requested: str = "auto"
 def model_input_size(model: ImageClassifier) -> int:
     """The image size a model was trained at (224, L-WISE's, when its checkpoint does not say)."""
     return int(model.training_args.get("image_size", DEFAULT_INPUT_SIZE))
+
+
+def pooled_members(df: pd.DataFrame, label_column: str) -> dict[int, list[int]] | None:
+    """The model classes pooled into each dataset class, or None when no pooling is needed.
+
+    None when the model's labels are the dataset's (`label_column` "class_num"). Otherwise the
+    members of class k are the `label_column` ids (the 1000-way ImageNet indices) of the
+    dirmap's rows of `class_num` k, over all splits: for ImageNet-16 built with the
+    `imagenet16` preset, every fine class of a superclass's ranges that has images. (L-WISE's
+    `mapped_models.imagenet_mapped_model` means the full ranges, but its tuple lookup matches
+    only their endpoints; fine classes without images cannot be checked against the data.)
+    A model class under two dataset classes is an error.
+    """
+    if label_column == "class_num":
+        return None
+    pairs = df[["class_num", label_column]].drop_duplicates()
+    twice = pairs[pairs[label_column].duplicated(keep=False)]
+    if len(twice):
+        fine = int(twice[label_column].iloc[0])
+        raise ValueError(
+            f"{label_column} {fine} belongs to several classes "
+            f"({sorted(int(c) for c in twice.loc[twice[label_column] == fine, 'class_num'])}): "
+            "its logit cannot be pooled into one"
+        )
+    return {
+        int(k): sorted(int(i) for i in group[label_column])
+        for k, group in pairs.groupby("class_num")
+    }
+
+
+def pool_logits(logits: torch.Tensor, members: Mapping[int, Sequence[int]]) -> torch.Tensor:
+    """The K-way logits of a model with finer classes: column j is the maximum of the logits of
+    the members of the j-th class in sorted order (`members`: class -> model class ids).
+
+    The rule of L-WISE's `imagenet_mapped_model` (`mapped_models.py`, `--superclass
+    imagenet16`): a superclass's logit is its most confident member's. A max keeps the scale of
+    a logit (a sum or log-sum-exp would favour classes with more members: 118 dog breeds
+    against 3 frog species in ImageNet-16), and its argmax is the superclass of the best
+    member among all members.
+    """
+    classes = sorted(members)
+    if not classes or any(not members[k] for k in classes):
+        raise ValueError("every pooled class needs at least one member")
+    width = logits.shape[-1]
+    bad = sorted({int(i) for k in classes for i in members[k] if not 0 <= int(i) < width})
+    if bad:
+        raise ValueError(f"member ids {bad[:5]} are outside the model's {width} classes")
+    return torch.stack([logits[..., list(members[k])].amax(-1) for k in classes], dim=-1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,19 +17,26 @@ import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from lwise.core.atomic import atomic_path, write_csv
 from lwise.core.config import Section
+from lwise.core.logs import progress
 from lwise.data import dirmap
-from lwise.data.loading import DirmapImages, eval_transform
-from lwise.guide.load import Guide, load_guide
+from lwise.data.loading import (
+    DirmapImages,
+    EncodedImages,
+    collate_encoded,
+    decode_images,
+    eval_transform,
+)
+from lwise.guide.load import Guide, load_guide, pool_logits, pooled_members
 from lwise.guide.models import ImageClassifier
 
 __all__ = [
     "ScoringConfig",
     "accuracy_table",
     "class_name",
+    "image_batches",
     "min_max_difficulty",
     "model_outputs",
     "plot_confusion",
@@ -51,6 +59,7 @@ class ScoringConfig(Section):
     difficulty_scope: str
     batch_size: int
     fast_dtype: str
+    decode: str
 
 
 def min_max_difficulty(logit: pd.Series, groups: pd.Series | None = None) -> pd.Series:
@@ -64,26 +73,71 @@ def min_max_difficulty(logit: pd.Series, groups: pd.Series | None = None) -> pd.
     return scale(logit) if groups is None else logit.groupby(groups).transform(scale)
 
 
-def model_outputs(guide: Guide, loader: DataLoader) -> torch.Tensor:
-    """Logits (float32, on the CPU) for every image of `loader`, in order.
+def image_batches(
+    guide: Guide, df: pd.DataFrame, root: Path, batch: int, workers: int, decode: str
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(images on the guide's device, dirmap row positions) per batch, in order.
 
-    A fast guide runs its fast copy under autocast to its `fast_dtype`.
+    With `decode` "auto" on a GPU, JPEGs are decoded there (`lwise.data.loading.decode_images`:
+    nvjpeg, with the CPU path for other formats and as fallback), the DataLoader workers only
+    reading files; otherwise the workers decode on the CPU (PIL).
     """
-    out = []
-    with torch.no_grad(), guide.autocast():
-        for x, _, _ in tqdm(loader, desc="scoring"):
-            x = x.to(guide.device, non_blocking=True)
+    label, size, cuda = guide.label_column, guide.input_size, guide.device.type == "cuda"
+    if decode == "auto" and cuda:
+        data = EncodedImages(df, root, size, label)
+        loader = DataLoader(
+            data, batch_size=batch, num_workers=workers, collate_fn=collate_encoded
+        )  # fmt: skip
+        fallbacks = 0
+        for encoded, _, rows in loader:
+            x, fell_back = decode_images(encoded, size, guide.device)
+            fallbacks += fell_back
+            yield x, torch.from_numpy(rows)
+        if fallbacks:
+            log.info("%d image(s) decoded on the CPU (not decodable on the GPU)", fallbacks)
+        return
+    data = DirmapImages(df, root, eval_transform(size), label)
+    loader = DataLoader(data, batch_size=batch, num_workers=workers, pin_memory=cuda)
+    for x, _, rows in loader:
+        yield x.to(guide.device, non_blocking=True), rows
+
+
+def model_outputs(
+    guide: Guide, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], total: int | None = None
+) -> torch.Tensor:
+    """Logits (float32, on the CPU) for every image of `batches` ((images, row positions)
+    pairs, as `image_batches` makes them), in order.
+
+    A fast guide runs its fast copy under autocast to its `fast_dtype`. Rows whose logits
+    overflow it are computed again in float32 by the reference model (logged); a FloatingPointError
+    names the rows only when float32 is not finite either (the model itself is at fault).
+    """
+    out, recomputed = [], 0
+    with torch.no_grad():
+        for x, rows in progress(batches, desc="scoring", total=total, unit="batch"):
             if guide.fast:
                 x = x.contiguous(memory_format=torch.channels_last)
-            out.append(guide.net(x).float().cpu())
-    logits = torch.cat(out)
-    bad = (~torch.isfinite(logits).all(1)).nonzero()[:, 0].tolist()
-    if bad:
-        hint = f" in {guide.fast_dtype}: set fast_dtype bfloat16" if guide.fast else ""
-        raise FloatingPointError(
-            f"non-finite logits for {len(bad)} image(s) (dirmap rows {bad[:10]}, 0-based){hint}"
-        )
-    return logits
+            with guide.autocast():
+                logits = guide.net(x).float()
+            bad = ~torch.isfinite(logits).all(1)
+            if guide.fast and bool(bad.any()):  # one host sync per batch, as .cpu() below
+                logits[bad] = guide.model(x[bad].contiguous()).float()
+                recomputed += int(bad.sum())
+            logits = logits.cpu()
+            bad = (~torch.isfinite(logits).all(1)).nonzero()[:, 0]
+            if len(bad):
+                where = rows[bad].tolist()
+                raise FloatingPointError(
+                    f"the guide model itself produces non-finite logits (float32) for "
+                    f"{len(where)} image(s) of a batch (dirmap rows {where[:10]}, 0-based)"
+                )
+            out.append(logits)
+    if recomputed:
+        log.warning(
+            "%d image(s) overflowed %s (non-finite logits): computed again in float32",
+            recomputed, guide.fast_dtype,
+        )  # fmt: skip
+    return torch.cat(out)
 
 
 def score(
@@ -97,11 +151,14 @@ def score(
     cfg: ScoringConfig,
     workers: int,
     trusted: bool,
+    mode: str | None = None,
 ) -> pd.DataFrame:
     """Score every image; write a new dirmap with the score columns and `difficulty`.
 
     On a GPU the model runs fast (`lwise.guide.fast.prepare_fast`, autocast to
-    `cfg.fast_dtype`). `trusted` allows full unpickling of the checkpoint.
+    `cfg.fast_dtype`) and JPEGs are decoded there (`cfg.decode`). `mode` "fast" or
+    "reference" overrides the choice (default: fast on a GPU). `trusted` allows full
+    unpickling of the checkpoint.
     """
     if cfg.difficulty_scope not in ("dataset", "class"):
         raise ValueError(
@@ -109,30 +166,39 @@ def score(
         )
     df = dirmap.read(dirmap_csv)
     guide = load_guide(
-        model_path, trusted=trusted, fast=None, fast_dtype=cfg.fast_dtype, dirmap=df,
-        label_column=cfg.label_column,
+        model_path, trusted=trusted, fast=None if mode is None else mode == "fast",
+        fast_dtype=cfg.fast_dtype, dirmap=df, label_column=cfg.label_column,
     )  # fmt: skip
     label = guide.label_column
-    data = DirmapImages(df, Path(dirmap_csv).parent, eval_transform(guide.input_size), label)
-    loader = DataLoader(
-        data, batch_size=cfg.batch_size, num_workers=workers,
-        pin_memory=guide.device.type == "cuda",
+    batches = image_batches(
+        guide, df, Path(dirmap_csv).parent, cfg.batch_size, workers, cfg.decode
     )  # fmt: skip
-    logits = model_outputs(guide, loader)
-    y = data.labels
+    logits = model_outputs(guide, batches, total=-(-len(df) // cfg.batch_size))
+    y = torch.as_tensor(df[label].astype(int).to_numpy().copy())
     gt = logits.gather(1, y[:, None])[:, 0]  # over all classes, as the reference
     considered = logits
     ids = torch.arange(logits.shape[1])
-    if cfg.present_classes_only:
+    decide, names_of = label, guide.model  # the decision's label column and class names
+    members = pooled_members(df, label)
+    if members is not None:  # a finer model (1000-way on an ImageNet subset): K-way decision
+        fine_ids = torch.arange(logits.shape[1])
+        if cfg.present_classes_only:
+            fine_ids = torch.as_tensor(sorted({i for m in members.values() for i in m}))
+        fine_prediction = fine_ids[logits[:, fine_ids].argmax(1)].numpy()
+        considered, ids = pool_logits(logits, members), torch.as_tensor(sorted(members))
+        decide, names_of = "class_num", None
+    elif cfg.present_classes_only:
         ids = torch.as_tensor(sorted(df[label].unique()))
         considered = logits[:, ids]
     logp = considered.log_softmax(1)
     position = {int(c): i for i, c in enumerate(ids)}
-    target = torch.as_tensor([position.get(int(t), -1) for t in y])
+    target = torch.as_tensor([position.get(int(t), -1) for t in df[decide]])
     out = df.copy()
     out[cfg.gt_logit_column] = gt.numpy()
     out["predicted_class_num"] = ids[considered.argmax(1)].numpy()
-    out["correct"] = out["predicted_class_num"] == out[label]
+    out["correct"] = out["predicted_class_num"] == out[decide]
+    if members is not None:  # the model's own (finer) prediction too
+        out[f"predicted_{label}"] = fine_prediction
     out["entropy"] = -(logp.exp() * logp).sum(1).numpy()
     out["cross_entropy"] = np.where(
         target >= 0, -logp.gather(1, target.clamp(min=0)[:, None])[:, 0].numpy(), np.nan
@@ -145,11 +211,11 @@ def score(
     )
     dirmap.write(out, out_csv)
     if out_probabilities is not None:  # softmax over the considered classes, for VisAlign
-        names = [class_name(guide.model, out, label, int(i)) for i in ids]
+        names = [class_name(names_of, out, decide, int(i)) for i in ids]
         probs = pd.DataFrame(logp.exp().numpy(), columns=names)
         write_csv(pd.concat([out[["im_path"]], probs], axis=1), out_probabilities)
-    write_csv(accuracy_table(out, label), out_accuracy)
-    plot_confusion(out, label, guide.model, out_confusion)
+    write_csv(accuracy_table(out, decide), out_accuracy)
+    plot_confusion(out, decide, names_of, out_confusion)
     log.info("scored %d images with %s: accuracy %.4f", len(out), model_path, out["correct"].mean())
     return out
 
@@ -165,10 +231,13 @@ def accuracy_table(scored: pd.DataFrame, label: str) -> pd.DataFrame:
     return table.rename(columns={"mean": "accuracy", "size": "n", label: "label"})
 
 
-def class_name(model: ImageClassifier, scored: pd.DataFrame, label: str, class_id: int) -> str:
-    """The name of label id `class_id`: the model's own names for its class space, else the
-    dirmap's (orig_class for orig_class_num), else the id."""
-    if model.class_names and class_id < len(model.class_names):
+def class_name(
+    model: ImageClassifier | None, scored: pd.DataFrame, label: str, class_id: int
+) -> str:
+    """The name of label id `class_id`: the model's own names for its class space (None: the
+    ids are not the model's, e.g. pooled classes), else the dirmap's (orig_class for
+    orig_class_num), else the id."""
+    if model is not None and model.class_names and class_id < len(model.class_names):
         return str(model.class_names[class_id])
     name_col = "class" if label == "class_num" else "orig_class"
     if name_col in scored.columns:
@@ -178,7 +247,7 @@ def class_name(model: ImageClassifier, scored: pd.DataFrame, label: str, class_i
     return str(class_id)
 
 
-def plot_confusion(scored: pd.DataFrame, label: str, model: ImageClassifier, path) -> None:
+def plot_confusion(scored: pd.DataFrame, label: str, model: ImageClassifier | None, path) -> None:
     """Confusion matrix whose tick labels are the names of exactly the rows' and columns' ids."""
     import matplotlib
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import logging
 import math
@@ -19,27 +18,28 @@ import os
 import random
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from lwise.core.atomic import write_csv
-from lwise.guide import _train_data
+from lwise.core.config import Section
+from lwise.core.logs import progress
+from lwise.guide import _distributed, _train_data
 from lwise.guide._distributed import Run, all_sum, finish, setup_run
-from lwise.guide._resume import load_state, save_state
+from lwise.guide._resume import load_state, run_key, save_state
 from lwise.guide.attacks import pgd
 from lwise.guide.checkpoints import load_model, save_checkpoint
 from lwise.guide.fast import FAST_DTYPES
 from lwise.guide.models import ImageClassifier, build_model, head_name, replace_head
 
 __all__ = [
-    "SCHEDULES",
     "TRAIN_DTYPE",
     "TrainConfig",
     "lr_multiplier",
@@ -52,80 +52,61 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-SCHEDULES = ("step", "cosine", "cosine_reference", "piecewise")
 # Mixed precision of training steps and their attacks: bfloat16 has float32's range.
 TRAIN_DTYPE = "bfloat16"
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """Training settings; defaults are robustness's ImageNet ones as L-WISE fills them in
-    (`defaults.check_and_fill_args`: momentum 0.9, wd 1e-4, step 50, gamma 0.1, eval every 5
-    epochs) and its attack defaults (eps 3, 7 steps, attack lr 0.5, L2)."""
+class TrainConfig(Section):
+    """Training settings: the config's `guide.train` section, whose defaults and checks live in
+    `schemas/config.schema.yaml` (robustness's ImageNet defaults as L-WISE fills them in:
+    `robustness/defaults.py`, SGD momentum 0.9, wd 1e-4, step 50, gamma 0.1, eval every 5
+    epochs; attack eps 3, 7 steps, attack lr 0.5, L2). Build it with `TrainConfig.from_config`."""
 
-    arch: str = "resnet50"
-    image_size: int = 224
-    mean: tuple[float, ...] = IMAGENET_MEAN
-    std: tuple[float, ...] = IMAGENET_STD
-    epochs: int = 50
-    batch_size: int = 128
-    val_batch_size: int = 256
-    workers: int = 4
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    schedule: str = "step"
-    step_lr: int = 50
-    step_gamma: float = 0.1
-    warmup_epochs: int = 5  # cosine schedules (L-WISE's `cosine`: 5-epoch linear warm-up)
-    milestones: tuple[tuple[int, float], ...] = ()  # piecewise: (epoch, lr multiplier)
-    adversarial: bool = True
-    constraint: str = "2"
-    eps: float = 3.0
-    attack_steps: int = 7
-    attack_lr: float = 0.5
-    eval_every: int = 5
-    mixed_precision: bool = True  # bf16 autocast on CUDA; the CPU always runs fp32
-    mixup: float = 0.0
-    cutmix: float = 0.0
-    freeze: str = "none"  # none | last_layer | first_k
-    freeze_k: int = 0
-    augment: str = "none"
-    init_checkpoint: str | None = None
-    trusted_checkpoint: bool = False
-    label_column: str = "class_num"
-    seed: int = 0
-    extra: dict = field(default_factory=dict)
+    SECTION: ClassVar[str] = "guide.train"
 
-    def __post_init__(self):
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule {self.schedule!r}: expected one of {SCHEDULES}")
-        if self.freeze not in ("none", "last_layer", "first_k"):
-            raise ValueError(f"freeze {self.freeze!r}: expected none, last_layer or first_k")
-        if self.constraint not in ("2", "inf"):
-            raise ValueError(f"constraint {self.constraint!r}: expected '2' or 'inf'")
+    arch: str
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    epochs: int
+    batch_size: int
+    val_batch_size: int
+    workers: int
+    lr: float
+    momentum: float
+    weight_decay: float
+    schedule: str
+    step_lr: int
+    step_gamma: float
+    warmup_epochs: int
+    milestones: tuple[tuple[int, float], ...]
+    adversarial: bool
+    constraint: str
+    eps: float
+    attack_steps: int
+    attack_lr: float
+    eval_every: int
+    mixed_precision: bool
+    mixup: float
+    cutmix: float
+    freeze: str
+    freeze_k: int
+    augment: str
+    init_checkpoint: str | None
+    trusted_checkpoint: bool
+    label_column: str
+    seed: int
+
+    def __post_init__(self):  # YAML and JSON give lists; tuples keep the settings hashable
+        object.__setattr__(self, "mean", tuple(self.mean))
+        object.__setattr__(self, "std", tuple(self.std))
+        object.__setattr__(self, "milestones", tuple(tuple(m) for m in self.milestones))
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown training option(s) {unknown}")
-        d = dict(d)
-        for key in ("mean", "std"):
-            if key in d:
-                d[key] = tuple(d[key])
-        if "milestones" in d:
-            d["milestones"] = tuple(tuple(m) for m in d["milestones"])
-        return cls(**d)
-
-    def digest(self) -> str:
-        """Identifies the run a resume state belongs to."""
-        return hashlib.sha256(
-            json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
-        ).hexdigest()
+        """The same as `from_config` (kept for existing callers)."""
+        return cls.from_config(d)
 
 
 def lr_multiplier(cfg: TrainConfig, epoch: int) -> float:
@@ -268,7 +249,7 @@ def _train_epoch(
     net.train()
     _hold_frozen_norms(model)
     totals = [0.0, 0.0, 0.0]  # n, loss sum, correct
-    for x, y, _ in tqdm(loader, desc=desc, disable=not run.main):
+    for x, y, _ in progress(loader, desc=desc, disable=not run.main):
         x, y = x.to(run.device, non_blocking=True), y.to(run.device, non_blocking=True)
         if run.fast:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -302,8 +283,9 @@ def train(
 ) -> pd.DataFrame:
     """Train on the dirmap's train split, validate on val (or test); resume from `state_dir`.
 
-    `state_dir/last.pt` is written after every epoch; a rerun with the same settings continues
-    from it. The best model (by adversarial validation accuracy for robust training, clean
+    `state_dir/last.pt` is written after every epoch; a rerun of the same run (the same
+    settings, data and initial checkpoint: `_resume.run_key`) continues from it, any other
+    starts over. The best model (by adversarial validation accuracy for robust training, clean
     otherwise) is written to `out_model`, one metrics row per epoch to `out_metrics`.
     """
     run = setup_run()
@@ -317,7 +299,11 @@ def train(
     opt, sched = _optimizer(model, cfg)
     state_dir = Path(state_dir)
     last = state_dir / "last.pt"
-    rows, start, best_score = load_state(last, cfg.digest(), model, opt, sched)
+    data = _train_data.fingerprint(dirmap_csv, train_set, val_set, class_names)
+    key = run_key(dataclasses.asdict(cfg), data)
+    rows, start, best_score = load_state(last, key, model, opt, sched)
+    if start == 0 and run.main:  # another run's best model must not stand for this one's
+        (state_dir / "best.pt").unlink(missing_ok=True)
     net = nn.parallel.DistributedDataParallel(model) if run.world > 1 else model
     mixer = _train_data.mixer(cfg, len(class_names))
     val_loader = _train_data.val_loader(val_set, cfg, run)
@@ -330,6 +316,7 @@ def train(
         row |= _train_epoch(net, model, loader, opt, cfg, run, mixer, desc)
         sched.step()
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+            _distributed.sync_buffers(model)
             row |= validate(model, val_loader, cfg, run.device, run.fast)
             score = row["val_adv_acc" if cfg.adversarial else "val_clean_acc"]
             if run.main and score > best_score:
@@ -344,7 +331,8 @@ def train(
         rows.append(row)
         log.info("epoch %d: %s", epoch + 1, {k: round(v, 4) for k, v in row.items()})
         if run.main:
-            save_state(last, cfg.digest(), epoch + 1, model, opt, sched, rows, best_score)
+            save_state(last, key, epoch + 1, model, opt, sched, rows, best_score)
+    _distributed.check_replicas(model, run)
     if run.main:
         _write_outputs(state_dir / "best.pt", out_model, out_metrics, cfg, rows, best_score)
     finish()

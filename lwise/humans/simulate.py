@@ -19,10 +19,10 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 from scipy.special import expit
-from tqdm import tqdm
 
 from lwise.core.config import Section
 from lwise.core.keys import set_epsilon
+from lwise.core.logs import progress
 from lwise.data import dirmap
 from lwise.data.imaging import load_rgb
 from lwise.humans.trials import ABSTAIN, class_names, validate_trials, write_trials
@@ -72,7 +72,7 @@ def image_statistics(
       edge_energy: mean gradient magnitude (central differences, `np.gradient`).
     """
     rows = []
-    for path in tqdm(paths, desc="image statistics"):
+    for path in progress(paths, desc="image statistics"):
         try:
             img, _ = load_rgb(path)
         except OSError as err:

@@ -36,11 +36,11 @@ from botocore.exceptions import (
     PartialCredentialsError,
 )
 from botocore.exceptions import ConnectionError as BotoConnectionError
-from tqdm import tqdm
 
 from lwise.core.atomic import write_csv, write_text
 from lwise.core.config import Section
 from lwise.core.keys import object_key
+from lwise.core.logs import progress
 from lwise.data import dirmap
 from lwise.data.dirmap import csv_lines
 from lwise.publish.naming import US_EAST_1, bucket_name, key_prefix, object_url
@@ -389,7 +389,7 @@ def upload_image_set(
     uploaded = skipped = 0
     pool = ThreadPoolExecutor(max_workers=cfg.max_workers)
     try:
-        with tqdm(total=len(df), unit="img", desc=f"s3://{bucket}/{prefix}") as bar:
+        with progress(total=len(df), unit="img", desc=f"s3://{bucket}/{prefix}") as bar:
             for future in as_completed([pool.submit(send, i) for i in range(len(df))]):
                 if future.result():
                     uploaded += 1

@@ -13,4 +13,5 @@ with script_logging(snakemake.log[0]), acquire_gpus(gpus_requested(snakemake.res
         cfg=EnhanceConfig.from_config(snakemake.params.enhance),
         workers=snakemake.threads,
         trusted=snakemake.params.trusted,
+        pixels=(snakemake.input.pixels, snakemake.input.index),
     )

@@ -10,4 +10,5 @@ with script_logging(snakemake.log[0]):
         cfg=NaturalConfig.from_config(snakemake.params.enhance),
         workers=snakemake.threads,
         trusted=snakemake.params.trusted,
+        pixels=(snakemake.input.pixels, snakemake.input.index),
     )

@@ -4,6 +4,13 @@ per-image human response distribution, and effective-reliability scores.
 Definitions from VisAlign (Lee et al., NeurIPS 2023; `jiyounglee-0523/VisAlign`,
 `evaluate_visual_alignment.py`) and Effective Reliability (Whitehead et al., ECCV 2022;
 `facebookresearch/reliable_vqa`), as implemented in `lwise.alignment.metrics`.
+
+This module is the `visalign` analysis of the alignment evaluation (`evaluation.abstention`
+names the method; those that need more than the softmax are computed by the visalign rules).
+The VisAlign benchmark itself (rules/visalign.smk) lives in the submodules: `baselines` (the
+five architectures), `testset` (the open test set or a synthetic one), `scoring` (the seven
+methods' raw scores with the model), `report` (tables, figures, leaderboard files) and
+`workflow` (what the rules ask of the config).
 """
 
 from __future__ import annotations
@@ -58,7 +65,13 @@ def visalign(
     h = human[[*classes, ABSTAIN]].to_numpy(dtype=float)
     p = probs.loc[keys, classes].to_numpy(dtype=float)
     p = p / p.sum(axis=1, keepdims=True)  # CSV rounding: rows must sum to 1 within 1e-6
-    a = abstention_probability(abstention, ModelOutputs(p))
+    try:
+        a = abstention_probability(abstention, ModelOutputs(p))
+    except ValueError as err:
+        raise AlignmentDataError(
+            f"evaluation.abstention {abstention!r}: {err}; the alignment evaluation has only the "
+            "guide model's probabilities (use msp here, and the visalign rules for the others)"
+        ) from None
     q = metrics.visalign_output(p, a)
     per_image = pd.DataFrame(
         {

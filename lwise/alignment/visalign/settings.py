@@ -1,0 +1,51 @@
+"""The `visalign` section of the config as typed settings (defaults and checks in
+schemas/config.schema.yaml, see `lwise.core.config`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from lwise.alignment.abstention import ABSTENTION, RULES
+from lwise.core.config import ConfigError, Section, defaults
+
+__all__ = ["VisAlignConfig"]
+
+
+@dataclass(frozen=True)
+class VisAlignConfig(Section):
+    """VisAlign benchmark settings (rules/visalign.smk); every field comes from the schema."""
+
+    SECTION = "visalign"
+
+    datasets: list[str] | None  # null: every dataset
+    rule: str  # aligned | reference | reference_exact (lwise.alignment.abstention)
+    methods: tuple[str, ...]  # names in lwise.alignment.abstention.ABSTENTION
+    costs: tuple[float, ...]  # reliability-score costs c
+    models: dict[str, Any]  # name -> {guide: true} or {arch, seeds, train}
+    odin: dict[str, Any]
+    mds: dict[str, Any]
+    knn: dict[str, Any]
+    tapudd: dict[str, Any]
+    mcdropout: dict[str, Any]
+    batch_size: int
+    synthetic: dict[str, Any]
+
+    def __post_init__(self) -> None:
+        for name in ("odin", "mds", "knn", "tapudd", "mcdropout", "synthetic"):
+            # nested sections: the schema's defaults under the given keys
+            object.__setattr__(self, name, {**defaults(f"visalign.{name}"), **getattr(self, name)})
+        object.__setattr__(self, "methods", tuple(self.methods))
+        object.__setattr__(self, "costs", tuple(float(c) for c in self.costs))
+        unknown = [m for m in self.methods if m not in ABSTENTION]
+        if unknown:
+            raise ConfigError(
+                f"config visalign.methods: unknown {unknown}; known {sorted(ABSTENTION)}"
+            )
+        if self.rule not in RULES:
+            raise ConfigError(f"config visalign.rule {self.rule!r}: expected one of {RULES}")
+
+    def method_settings(self) -> dict[str, Any]:
+        """What `lwise.alignment.visalign.scoring.score_model` reads."""
+        names = ("odin", "mds", "knn", "tapudd", "mcdropout", "batch_size")
+        return {n: getattr(self, n) for n in names}
