@@ -25,10 +25,11 @@ guide: {train: {epochs: $epochs, eval_every: $epochs}}
 enhance: {epsilons: $epsilons}
 experiments: {enabled: false}
 correspondence: {datasets: []}
+visalign: {datasets: []}
 YAML
 cd "$work"
 set +e
-/usr/bin/time -v python3 -m snakemake --snakefile "$repo/Snakefile" --cores "$(nproc)" \
+timeout "${LIMIT:-500}" python3 -m snakemake --snakefile "$repo/Snakefile" --cores "$(nproc)" \
   --resources gpu=1 --configfile "$repo/configs/imagenette.yaml" "$work/timing.yaml" \
   --replace-workflow-config --workflow-profile "$repo/profiles/local" \
   > "$out/snakemake.log" 2> "$out/snakemake.err"
@@ -36,9 +37,12 @@ rc=$?
 set -e
 tail -n 25 "$out/snakemake.err"
 echo "rule seconds (snakemake benchmark files)"
-for f in results/benchmarks/imagenette/*.tsv; do
+for f in $(ls -tr results/benchmarks/imagenette/*.tsv); do
   printf '%-36s %s\n' "$(basename "$f" .tsv)" "$(tail -n 1 "$f" | cut -f1)"
 done | tee "$out/stage_seconds.txt"
-grep -h "epoch\|images/s\|img/s" results/logs/imagenette/train_guide.log | tail -n 5 || true
+grep -h "INFO" results/logs/imagenette/train_guide.log | tail -n 4 || true
+for log in results/logs/imagenette/*.log; do
+  echo "== $log"; grep -v "it/s\|img/s\|B/s" "$log" | tail -n 3
+done > "$out/logs_tail.txt" 2>&1 || true
 cp results/imagenette/guide/metrics.csv "$out/" 2>/dev/null || true
 exit $rc
