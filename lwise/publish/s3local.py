@@ -4,6 +4,7 @@ endpoint is local and for the tests. It keeps objects in memory only while it ru
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -29,10 +30,14 @@ def session_for(endpoint_setting: str | None):
 
 
 def moto_executable() -> Path:
+    """moto_server beside this Python (a virtual environment), else on PATH."""
     exe = Path(sys.executable).with_name("moto_server")
-    if not exe.is_file():
-        raise FileNotFoundError(f"{exe} not found; install the test extra (moto[server])")
-    return exe
+    if exe.is_file():
+        return exe
+    found = shutil.which("moto_server")
+    if found is None:
+        raise FileNotFoundError(f"{exe} not found, nor moto_server on PATH; install moto[server]")
+    return Path(found)
 
 
 def free_port() -> int:
