@@ -61,7 +61,7 @@ rule report_difficulty:
         mem_mb=2000,
         runtime=15,
     params:
-        report=config["report"],
+        report={k: config["report"][k] for k in ("histogram_bins", "max_class_panels")},
         scope=lambda wc: scoring_settings(wc)["difficulty_scope"],
     script:
         "../workflow/scripts/report_difficulty.py"

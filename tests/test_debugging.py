@@ -16,9 +16,11 @@ from conftest import REPO, make_image, run_workflow, tiny_config
 
 from lwise.core.config import ConfigError, subschema
 from lwise.data import dirmap
+from lwise.data.loading import DirmapImages, eval_transform
 from lwise.debugging import data, selection, signals, slices, workflow
 from lwise.debugging.retrain import base_config, finetune_config, replayed, train_base
 from lwise.debugging.settings import DebuggingConfig
+from lwise.guide.models import build_model
 
 
 def pool_of(**columns) -> pd.DataFrame:
@@ -336,3 +338,20 @@ def test_the_base_model_trains_without_the_pool(tmp_path):
     metrics = pd.read_csv(out / "m.csv")
     assert list(metrics["epoch"]) == [1] and "val_clean_acc" in metrics
     assert base_config(guide_train, cfg).adversarial is False
+
+
+def test_embeddings_are_the_penultimate_layer_or_a_named_one(tmp_path):
+    write_dataset(tmp_path, per=(2, 1))
+    df = dirmap.read(tmp_path / "dirmap.csv")
+    torch.manual_seed(0)
+    model = build_model("small_cnn", 2, (0.5,) * 3, (0.25,) * 3).eval()
+    logits, emb = signals.run_model(model, torch.device("cpu"), df, tmp_path, 16)
+    x = torch.stack([img for img, _, _ in DirmapImages(df, tmp_path, eval_transform(16))])
+    with torch.no_grad():
+        pooled = model.net.pool(model.net.features(model.normalize(x))).flatten(1)
+        assert torch.allclose(emb, pooled, atol=1e-5) and emb.shape == (6, 64)
+        assert torch.allclose(logits, model(x), atol=1e-5)
+    _, named = signals.run_model(model, torch.device("cpu"), df, tmp_path, 16, layer="features")
+    assert torch.allclose(named, pooled, atol=1e-5)  # SmallCNN's pool is the spatial mean
+    with pytest.raises(ValueError, match="embedding.layer 'nope': no such module"):
+        signals.run_model(model, torch.device("cpu"), df, tmp_path, 16, layer="nope")

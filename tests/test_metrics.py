@@ -207,3 +207,153 @@ def test_reliability_score_by_hand():
     )
     # Integer decisions from the 11-d output: index K is abstention.
     assert metrics.reliability_score([0, 10, 3], [0, 1, 10], 2, abstain=10) == {2.0: -1 / 3}
+
+
+# --- issue 13: mutants that survived the first mutation run (mutmut, tests/test_metrics.py) ----
+
+
+def test_exact_interval_is_clopper_pearson_with_closed_ends():
+    # Clopper & Pearson (1934): Beta(α/2; k, n-k+1) and Beta(1-α/2; k+1, n-k).
+    from scipy import stats
+
+    got = metrics.accuracy_ci([1, 1, 1, 0, 0, 0, 0, 0, 0, 0], "exact", 0.9)
+    assert got["ci_low"] == pytest.approx(stats.beta.ppf(0.05, 3, 8))
+    assert got["ci_high"] == pytest.approx(stats.beta.ppf(0.95, 4, 7))
+    assert metrics.accuracy_ci([0, 0, 0], "exact")["ci_low"] == 0.0
+    assert metrics.accuracy_ci([1, 1, 1], "exact")["ci_high"] == 1.0
+    one = metrics.accuracy_ci([1], "exact")  # a single trial is an interval, not an error
+    assert (one["ci_low"], one["ci_high"]) == (pytest.approx(0.025), 1.0)
+
+
+@pytest.mark.parametrize("confidence", [0, 1, 1.5])
+def test_accuracy_ci_rejects_confidence_outside_the_open_unit_interval(confidence):
+    with pytest.raises(ValueError, match=rf"confidence must be in \(0, 1\), got {confidence}"):
+        metrics.accuracy_ci([1, 0], confidence=confidence)
+    with pytest.raises(ValueError, match=r"^accuracy_ci: no trials$"):
+        metrics.accuracy_ci([])
+    with pytest.raises(ValueError, match=r"^correct: expected 0/1 or booleans; element 1 is 2"):
+        metrics.accuracy_ci([1, 2])
+
+
+def test_condition_accuracy_by_several_keys_sorted_with_the_given_confidence():
+    trials = pd.DataFrame(
+        {"condition": ["b", "a", "b", "a", "a"], "split": ["x", "y", "x", "x", "x"],
+         "correct": [1, 0, 1, 1, 1]}
+    )  # fmt: skip
+    table = metrics.condition_accuracy(trials, ["condition", "split"], confidence=0.5)
+    assert table[["condition", "split"]].values.tolist() == [["a", "x"], ["a", "y"], ["b", "x"]]
+    assert table["n"].tolist() == [2, 1, 2]
+    narrow = metrics.accuracy_ci([1, 1], confidence=0.5)
+    assert table.loc[0, "ci_low"] == pytest.approx(narrow["ci_low"])
+    with pytest.raises(ValueError, match=r"lacks column\(s\) \['split'\]; found \['condition', "):
+        metrics.condition_accuracy(trials.drop(columns="split"), ["condition", "split"])
+
+
+def test_model_vs_human_checks_name_the_argument():
+    with pytest.raises(ValueError, match=r"^model_correct: expected 0/1"):
+        metrics.accuracy_difference([2], [1])
+    with pytest.raises(ValueError, match=r"^human_correct: expected 0/1"):
+        metrics.accuracy_difference([1], [2])
+    with pytest.raises(ValueError, match="accuracy_difference: empty input"):
+        metrics.accuracy_difference([1], [])
+    for fn in (metrics.observed_consistency, metrics.error_consistency):
+        with pytest.raises(ValueError, match=r"^correct_a: expected 0/1"):
+            fn([2, 1], [1, 1])
+        with pytest.raises(ValueError, match=r"^correct_b: expected 0/1"):
+            fn([1, 1], [1, 3])
+        with pytest.raises(ValueError, match=r"correct_a.*correct_b|correct_b.*correct_a"):
+            fn([1, 1, 0], [1, 1])
+    with pytest.raises(ValueError, match="observed_consistency: empty input"):
+        metrics.observed_consistency([], [])
+
+
+def test_model_vs_human_table_by_several_keys_and_its_errors():
+    human = pd.DataFrame(
+        {"participant": ["p2", "p2", "p1", "p1"], "image": ["i1", "i2", "i1", "i2"],
+         "condition": ["n", "n", "n", "e"], "block": [1, 1, 1, 1], "correct": [1, 0, 1, 1]}
+    )  # fmt: skip
+    model = pd.DataFrame(
+        {"image": ["i1", "i2", "i2"], "condition": ["n", "n", "e"], "block": [1, 1, 1],
+         "correct": [1, 1, 0]}
+    )  # fmt: skip
+    table = metrics.model_vs_human(human, model, by=["condition", "block"])
+    assert table[["participant", "condition"]].values.tolist() == [
+        ["p1", "e"], ["p1", "n"], ["p2", "n"]
+    ]  # fmt: skip
+    assert list(table.columns) == [
+        "participant", "condition", "block", "n", "human_accuracy", "model_accuracy",
+        "accuracy_difference", "observed_consistency", "error_consistency",
+    ]  # fmt: skip
+    assert table["n"].tolist() == [1, 1, 2] and table["human_accuracy"].tolist() == [1, 1, 0.5]
+    assert table["model_accuracy"].tolist() == [0, 1, 1]
+    with pytest.raises(ValueError, match=r"^human table lacks column\(s\) \['participant'\]"):
+        metrics.model_vs_human(human.drop(columns="participant"), model)
+    with pytest.raises(ValueError, match=r"^model table lacks column\(s\) \['correct'\]"):
+        metrics.model_vs_human(human, model.drop(columns="correct"))
+    twice = pd.concat([model, model.iloc[[2]]])
+    with pytest.raises(ValueError, match=r"model table has several rows for \['i2', 'e'\]"):
+        metrics.model_vs_human(human, twice)
+    with pytest.raises(ValueError, match=r"no model answer, e\.g\. \{'image': 'i1', 'cond"):
+        metrics.model_vs_human(human, model.iloc[1:])
+
+
+def test_visalign_checks_name_the_argument_and_accept_the_closed_range():
+    probs = np.array([[0.6, 0.4], [0.5, 0.5]])
+    out = metrics.visalign_output(probs, [0, 1])  # both ends of [0, 1] are valid
+    assert out.tolist() == [[0.6, 0.4, 0.0], [0.0, 0.0, 1.0]]
+    assert metrics.visalign_output(probs, np.array([0, 1], dtype=int)).dtype == float
+    for call, name in (
+        (lambda bad: metrics.max_softmax_abstention(bad), "probs"),
+        (lambda bad: metrics.visalign_output(bad, [0]), "probs"),
+        (lambda bad: metrics.visalign_decision(bad), "outputs"),
+        (lambda bad: metrics.hellinger(bad, [[1.0]]), "p"),
+        (lambda bad: metrics.hellinger([[1.0]], bad), "q"),
+    ):
+        with pytest.raises(ValueError, match=rf"^{name}: "):
+            call([[0.5, 0.7]])
+    with pytest.raises(ValueError, match=r"hellinger: shapes differ, \(1, 2\) vs \(1, 3\)"):
+        metrics.hellinger([[0.5, 0.5]], [[0.2, 0.3, 0.5]])
+
+
+def test_reliability_counts_wrong_answers_and_checks_its_input():
+    # Right, wrong, abstained: (1 - c·1 + 0) / 3.
+    assert metrics.reliability_score(["a", "b", "x"], ["a", "a", "b"], [0, 3], abstain="x") == {
+        0.0: pytest.approx(1 / 3), 3.0: pytest.approx(-2 / 3)
+    }  # fmt: skip
+    assert metrics.reliability_score([1, 2], [1, 1], 2, abstain=9) == {2.0: -0.5}
+    with pytest.raises(ValueError, match=r"equal-length 1-D arrays, got \(2,\) and \(1,\)"):
+        metrics.reliability_score([1, 2], [1], 1)
+    with pytest.raises(ValueError, match=r"got \(2, 1\) and \(2, 1\)"):
+        metrics.reliability_score([[1], [2]], [[1], [2]], 1)
+    with pytest.raises(ValueError, match=r"got \(0,\) and \(0,\)"):
+        metrics.reliability_score([], [], 1)
+    with pytest.raises(ValueError, match=r"cost: expected finite non-negative values, got \[nan\]"):
+        metrics.reliability_score([1], [1], float("nan"))
+
+
+def test_second_mutation_run_survivors():
+    # Two right, one wrong, one abstained: (2 - c) / 4; a mutant counting right as wrong gives
+    # (2 - 2c) / 4.
+    got = metrics.reliability_score(["a", "a", "b", "x"], ["a", "a", "a", "b"], 2, abstain="x")
+    assert got == {2.0: 0.0}
+    # Labels of mixed types compare as themselves, not as their strings.
+    assert metrics.reliability_score([1, "x"], [1, 2], 1, abstain="x") == {1.0: 0.5}
+    assert metrics.reliability_score([2, "x"], [2, "x"], 1, abstain="x") == {1.0: 1.0}
+    with pytest.raises(ValueError, match=r"^accuracy_difference: empty input$"):
+        metrics.accuracy_difference([], [1])
+    with pytest.raises(ValueError, match=r"^observed_consistency: empty input$"):
+        metrics.observed_consistency([], [])
+    with pytest.raises(ValueError, match=r"^abstain: expected 2 values, got shape \(3,\)$"):
+        metrics.visalign_output([[0.5, 0.5], [0.5, 0.5]], [0, 0, 0])
+    human = pd.DataFrame(
+        {"participant": ["p1"], "image": ["i1"], "condition": ["n"], "correct": [2]}
+    )
+    model = pd.DataFrame({"image": ["i1"], "condition": ["n"], "correct": [1]})
+    with pytest.raises(ValueError, match=r"^correct_human: expected 0/1"):
+        metrics.model_vs_human(human, model)
+    with pytest.raises(ValueError, match=r"^correct_model: expected 0/1"):
+        metrics.model_vs_human(human.assign(correct=1), model.assign(correct=3))
+    # Two rows for one image and condition that disagree are still duplicates.
+    twice = pd.concat([model, model.assign(correct=0)])
+    with pytest.raises(ValueError, match=r"model table has several rows for \['i1', 'n'\]"):
+        metrics.model_vs_human(human.assign(correct=1), twice)

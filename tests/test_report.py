@@ -122,7 +122,7 @@ def test_alignment_table_one_section_per_analysis(tmp_path, synthetic):
     page = (tmp_path / "a.html").read_text()
     assert ("SYNTHETIC" in page) is synthetic
     assert page.count("<table>") == 5  # difficulty, enhancement, consistency, VisAlign, other
-    assert "0.800 [0.700, 0.900]" in page  # value and interval in one cell
+    assert '0.800<br><span class="sub">[0.700, 0.900]</span>' in page  # value over interval
     enhancement = page.split("Enhancement effect")[1].split("</table>")[0]
     assert enhancement.count("<tr>") == 3  # header, natural, logit_eps2
 
@@ -149,8 +149,8 @@ def _scored(n_classes: int, per_class: int = 6) -> pd.DataFrame:
 
 
 def test_difficulty_histogram_per_class_then_boxes(tmp_path):
-    dirmap.write(_scored(4), tmp_path / "few.csv")
-    dirmap.write(_scored(60), tmp_path / "many.csv")
+    dirmap.write(_scored(4), tmp_path / "few.csv", check_files=False)
+    dirmap.write(_scored(60), tmp_path / "many.csv", check_files=False)
     cfg = ReportConfig.from_config({"max_class_panels": 10, "histogram_bins": 10})
     difficulty_histogram(tmp_path / "few.csv", tmp_path / "few.png", cfg=cfg)
     difficulty_histogram(tmp_path / "many.csv", tmp_path / "many.png", cfg=cfg)
@@ -161,7 +161,7 @@ def test_difficulty_histogram_per_class_then_boxes(tmp_path):
 
 
 def test_difficulty_histogram_names_the_file_without_scores(tmp_path):
-    dirmap.write(_scored(2).drop(columns=["difficulty"]), tmp_path / "d.csv")
+    dirmap.write(_scored(2).drop(columns=["difficulty"]), tmp_path / "d.csv", check_files=False)
     with pytest.raises(ValueError, match=r"d\.csv: no 'difficulty' column"):
         difficulty_histogram(tmp_path / "d.csv", tmp_path / "h.png", cfg=ReportConfig.from_config())
 
@@ -209,3 +209,58 @@ def test_training_curves_are_only_asked_of_a_trained_guide():
     assert workflow.training_metrics({"checkpoint": None}, "d") == ["results/d/guide/metrics.csv"]
     assert workflow.training_metrics({"checkpoint": "robust.pt"}, "d") == []
     assert "results/d/report/alignment_summary_human.html" in workflow.outputs("d", "human")
+
+
+def _planned(proc) -> dict[str, int]:
+    table = proc.stdout.split("Job stats:")[1].split("\n\n")[0]
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
+
+
+def test_the_report_rules_are_planned_and_a_ready_checkpoint_has_no_curves(tmp_path):
+    from conftest import run_workflow, tiny_config
+
+    config = tiny_config()
+    jobs = _planned(run_workflow(tmp_path / "trained", config, "--dry-run"))
+    report_rules = {"report_stimuli", "report_difficulty", "report_training", "report_alignment"}
+    assert all(jobs.get(rule) == 1 for rule in report_rules), jobs
+    (tmp_path / "ready").mkdir()
+    (tmp_path / "ready/robust.pt").write_bytes(b"")  # a dry run never reads it
+    config["guide"]["checkpoint"] = "robust.pt"
+    target = "results/digits/report/training_curves.png"
+    proc = run_workflow(tmp_path / "ready", config, "--dry-run", target)
+    assert _planned(proc) == {"report_training": 1, "total": 1}
+
+
+@pytest.mark.slow
+def test_the_html_report_shows_the_tables_and_figures(tmp_path):
+    """The whole tiny DAG, then `snakemake --report`: every new entry is in it, captioned."""
+    from conftest import run_workflow, tiny_config
+
+    config = tiny_config()
+    config["experiments"]["enabled"] = False  # not part of this report; tested on their own
+    run_workflow(tmp_path, config)
+    run_workflow(tmp_path, config, "--report", "report.html")
+    html = (tmp_path / "report.html").read_text()
+    for name in [
+        "stimulus_summary.html", "difficulty_histogram.png", "training_curves.png",
+        "alignment_summary_synthetic.html", "contact_sheet.png",
+    ]:  # fmt: skip
+        assert f"results/digits/report/{name}" in html or f"stimuli/{name}" in html, name
+    assert "SYNTHETIC" in html and "Achieved L2" in html and "per epoch" in html
+    page = (tmp_path / "results/digits/report/stimulus_summary.html").read_text()
+    assert page.count("<tr>") == 1 + 3  # header, natural and the two epsilons
+
+
+def test_every_progress_bar_of_the_library_goes_through_progress():
+    """So every log gets the same few plain lines (lwise.core.logs.progress)."""
+    from pathlib import Path
+
+    import lwise
+
+    root = Path(lwise.__file__).parent
+    direct = [
+        str(path.relative_to(root))
+        for path in root.rglob("*.py")
+        if path.name != "logs.py" and re.search(r"\btqdm\(", path.read_text())
+    ]
+    assert direct == [], f"use lwise.core.logs.progress instead of tqdm in {direct}"

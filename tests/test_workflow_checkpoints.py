@@ -45,7 +45,9 @@ def write_layout(layout: str, model, path):
         state |= {f"module.model.{k}": v for k, v in net.items()}
         state |= {f"module.attacker.normalize.{k}": v for k, v in norm.items()}
         state |= {f"module.attacker.model.{k}": v for k, v in net.items()}
-        schedule = {"lr_lambda": lambda epoch: 0.1**epoch}  # only dill pickles it
+        # A lambda, as robustness's LambdaLR schedules hold: only dill pickles it. Made with
+        # empty globals, so it unpickles in the workflow's processes without this module.
+        schedule = {"lr_lambda": eval("lambda epoch: 0.1 ** epoch", {})}
         torch.save({"model": state, "schedule": schedule, "epoch": 4}, path, pickle_module=dill)
     return path
 

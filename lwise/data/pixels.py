@@ -46,10 +46,10 @@ def build(
 ) -> pd.DataFrame:
     """Decode and preprocess every image of `dirmap_csv` once; returns the index (key, row)."""
     from torch.utils.data import DataLoader
-    from tqdm import tqdm
 
     from lwise.core.atomic import atomic_path, write_csv
     from lwise.core.keys import image_keys
+    from lwise.core.logs import progress
     from lwise.data import dirmap
     from lwise.data.loading import DirmapImages, preprocess_transform
 
@@ -70,7 +70,7 @@ def build(
             offset = f.tell()
         pixels = np.memmap(tmp, dtype=np.uint8, mode="r+", offset=offset,
                            shape=(len(df), size, size, 3))  # fmt: skip
-        for x, _, idx in tqdm(loader, desc="decoding"):
+        for x, _, idx in progress(loader, desc="decoding"):
             pixels[idx.numpy()] = x.permute(0, 2, 3, 1).numpy()
         pixels.flush()
         del pixels

@@ -86,14 +86,14 @@ def comparison_plot(runs: pd.DataFrame, before: pd.DataFrame, out, *, title: str
     class: mean ± sd over seeds per method."""
     plt = _pyplot()
     methods = list(dict.fromkeys(runs["method"]))
-    fig, axes = plt.subplots(3, 1, figsize=(max(7, 0.5 * len(methods) * 4), 10))
+    fig, axes = plt.subplots(3, 1, figsize=(max(8, 2 * len(methods) + 2), 10))
     overall = pd.concat(
         [runs[runs["scope"].isin(["overall", "model_errors"])]], ignore_index=True
     ).assign(scope="top")
     top_before = before[before["scope"].isin(["overall", "model_errors"])].assign(scope="top")
     _bars(axes[0], overall, top_before, "top", methods)
     axes[0].set_title("overall, and on the images misclassified before fine-tuning", fontsize=9)
-    axes[0].legend(fontsize=7, ncol=min(len(methods) + 1, 7), loc="lower right")
+    axes[0].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     if (runs["scope"] == "failure_slice").any():
         _bars(axes[1], runs, before, "failure_slice", methods)
         axes[1].set_title("failure slices (found on the slice split)", fontsize=9)

@@ -17,9 +17,9 @@ import pandas as pd
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from lwise.core.atomic import atomic_path
+from lwise.core.logs import progress
 from lwise.data import dirmap
 from lwise.data.loading import DirmapImages, eval_transform
 from lwise.debugging.settings import DebuggingConfig
@@ -87,7 +87,7 @@ def run_model(
     logits = []
     handle = embedding_hook(model, layer, store)
     try:
-        for x, _, _ in tqdm(loader, desc=desc):
+        for x, _, _ in progress(loader, desc=desc):
             logits.append(model(x.to(device)).float().cpu())
     finally:
         handle.remove()
@@ -157,7 +157,8 @@ def compute(
         ("pool", pool, Path(pool_csv).parent),
     ):
         logits, emb = run_model(
-            guide.model, guide.device, df, root, guide.input_size, layer=layer,
+            guide.model, guide.device, df, root, guide.input_size,
+            layer=layer if embedder is guide else None,
             batch_size=cfg.batch_size, workers=workers, desc=f"{name} images",
         )  # fmt: skip
         if embedder is not guide:

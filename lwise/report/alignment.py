@@ -38,7 +38,7 @@ def _cell(value, low, high) -> str:
     text = format_number(float(value))
     if pd.isna(low) and pd.isna(high):
         return text
-    return f"{text} [{format_number(float(low))}, {format_number(float(high))}]"
+    return f"{text}\n[{format_number(float(low))}, {format_number(float(high))}]"
 
 
 def _section(metric: str) -> str:
@@ -73,7 +73,7 @@ def alignment_page(summary: pd.DataFrame, *, title: str, synthetic: bool) -> str
         shown = _pivot(summary[section == name])
         numeric = [c for c in shown.columns if c != "group"]
         tables.append(Table(name, shown, numeric=numeric))
-    intro = "Values with their 95% interval in brackets where the analysis gives one."
+    intro = "Each value with its 95% interval below it, where the analysis gives one."
     return page(title, tables, intro=intro, synthetic=synthetic)
 
 

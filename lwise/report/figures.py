@@ -67,12 +67,15 @@ def difficulty_histogram(
     ratios = [2.8] + ([1.7] * class_rows if per_class else [box_height])
     grid = fig.add_gridspec(1 + class_rows, cols, height_ratios=ratios)
     ax = fig.add_subplot(grid[0, :])
-    for split, part in df.groupby("split", sort=True):
-        ax.hist(part["difficulty"], bins=bins, alpha=0.6, label=f"{split} ({len(part)})")
+    splits = sorted(df["split"].unique())
+    ax.hist(
+        [df.loc[df["split"] == s, "difficulty"] for s in splits], bins=bins, stacked=True,
+        label=[f"{s} ({int((df['split'] == s).sum())})" for s in splits],
+    )  # fmt: skip
     ax.set_title(f"difficulty of all {len(df)} images")
     ax.set_xlabel("difficulty (1 = lowest ground-truth logit)")
     ax.set_ylabel("images")
-    ax.legend(fontsize=8, title="split", title_fontsize=8)
+    ax.legend(fontsize=8, title="split (stacked)", title_fontsize=8)
     by_class = {c: df.loc[df["class"].astype(str) == c, "difficulty"] for c in classes}
     if per_class:
         for i, c in enumerate(classes):
@@ -85,7 +88,9 @@ def difficulty_histogram(
     else:
         order = sorted(classes, key=lambda c: by_class[c].median())
         sub = fig.add_subplot(grid[1, 0])
-        sub.boxplot([by_class[c] for c in order], vert=False, showfliers=False, widths=0.6)
+        sub.boxplot(
+            [by_class[c] for c in order], orientation="horizontal", showfliers=False, widths=0.6
+        )
         sub.set_yticks(range(1, len(order) + 1), order, fontsize=7 if len(order) <= 60 else 5)
         sub.set_xlabel("difficulty")
         sub.set_title(f"per class, {len(order)} classes sorted by median (boxes: quartiles)")
@@ -135,6 +140,7 @@ def training_curves(
     for ax in axes:
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlim(m["epoch"].min() - 0.5, m["epoch"].max() + 0.5)
         ax.grid(alpha=0.3)
     for ax in axes[:2]:
         ax.legend(fontsize=8)

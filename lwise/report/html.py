@@ -33,6 +33,7 @@ th, td { border-bottom: 1px solid #ddd; padding: .3em .7em; }
 th { background: #f1f3f5; text-align: left; position: sticky; top: 0; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 tr:hover td { background: #f8f9fa; }
+span.sub { color: #666; font-size: .85em; }
 """
 
 
@@ -56,8 +57,8 @@ def format_number(value, digits: int = 3) -> str:
 
 @dataclass
 class Table:
-    """One table of a page: a title, the rows (cells already formatted or numbers), and a note
-    under it. Columns whose values are all numbers are right-aligned."""
+    """One table of a page: a title, the rows (cells already formatted, or numbers), and a note
+    under it. Columns named in `numeric` are right-aligned; a cell's later lines are set smaller."""
 
     title: str | None
     frame: pd.DataFrame
@@ -75,12 +76,19 @@ class Table:
             for column, value in zip(self.frame.columns, values, strict=True):
                 cls = ' class="num"' if column in self.numeric else ""
                 text = value if isinstance(value, str) else format_number(_python(value))
-                cells.append(f"<td{cls}>{html.escape(text)}</td>")
+                cells.append(f"<td{cls}>{_cell_html(text)}</td>")
             rows.append("<tr>" + "".join(cells) + "</tr>")
         parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>")
         if self.note:
             parts.append(f'<p class="note">{html.escape(self.note)}</p>')
         return "\n".join(parts)
+
+
+def _cell_html(text: str) -> str:
+    """A cell's text; lines after the first (e.g. a percentile range) in smaller grey type."""
+    first, *rest = text.split("\n")
+    extra = "".join(f'<br><span class="sub">{html.escape(line)}</span>' for line in rest)
+    return html.escape(first) + extra
 
 
 def _python(value):

@@ -176,46 +176,44 @@ def stimulus_summary(
     return out
 
 
-def _mean_sd(row: pd.Series, name: str) -> str:
+def _spread_cell(row: pd.Series, name: str) -> str:
+    """ "mean ± sd" over "5th – 95th percentile"; a dash for the natural set's zeros."""
+    if name in SPREAD_COLUMNS and not row["objective"]:
+        return "–"
     sd = row[f"{name}_sd"]
-    text = f"{row[f'{name}_mean']:.3f}"
-    return text if pd.isna(sd) else f"{text} ± {sd:.3f}"
-
-
-def _range(row: pd.Series, name: str) -> str:
-    return f"{row[f'{name}_p05']:.3f} – {row[f'{name}_p95']:.3f}"
+    text = f"{row[f'{name}_mean']:.3f}" + ("" if pd.isna(sd) else f" ± {sd:.3f}")
+    return f"{text}\n{row[f'{name}_p05']:.3f} – {row[f'{name}_p95']:.3f}"
 
 
 def summary_page(summary: pd.DataFrame, *, dataset: str = "", model_path: str = "") -> str:
     """The report's table of a stimulus summary (`stimulus_summary`'s CSV)."""
     splits = [c for c in summary.columns if c.startswith("accuracy_") and c not in
               ("accuracy_low", "accuracy_high")]  # fmt: skip
+    rows = [r for _, r in summary.fillna({"objective": ""}).iterrows()]
     shown = pd.DataFrame(
         {
             "set": summary["set"],
-            "objective": summary["objective"].fillna(""),
-            "ε (L2)": summary["eps"].map(lambda e: keys.format_eps(e)),
+            "ε (L2)": summary["eps"].map(keys.format_eps),
             "images": summary["n"],
-            "achieved L2, mean ± sd": [_mean_sd(r, "l2_distance") for _, r in summary.iterrows()],
-            "L2, 5–95%": [_range(r, "l2_distance") for _, r in summary.iterrows()],
-            "logit gain, mean ± sd": [_mean_sd(r, "logit_gain") for _, r in summary.iterrows()],
-            "gain, 5–95%": [_range(r, "logit_gain") for _, r in summary.iterrows()],
-            "GT logit, mean ± sd": [_mean_sd(r, "gt_logit") for _, r in summary.iterrows()],
+            "achieved L2": [_spread_cell(r, "l2_distance") for r in rows],
+            "logit gain": [_spread_cell(r, "logit_gain") for r in rows],
+            "GT logit": [_spread_cell(r, "gt_logit") for r in rows],
             "accuracy [95% CI]": [
-                f"{r['accuracy']:.3f} [{r['accuracy_low']:.3f}, {r['accuracy_high']:.3f}]"
-                for _, r in summary.iterrows()
+                f"{r['accuracy']:.3f}\n[{r['accuracy_low']:.3f}, {r['accuracy_high']:.3f}]"
+                for r in rows
             ],
         }
     )
     for column in splits:
-        shown[column.replace("accuracy_", "acc. ")] = summary[column].map(lambda v: f"{v:.3f}")
-    numeric = [c for c in shown.columns if c not in ("set", "objective")]
+        shown[column.replace("accuracy_", "accuracy, ")] = summary[column].map(lambda v: f"{v:.3f}")
+    numeric = [c for c in shown.columns if c != "set"]
     note = (
-        "Achieved L2: distance between the saved 8-bit natural and enhanced images (pixel values "
-        "in [0, 1]); logit gain: the guide model's ground-truth logit on the enhanced file minus "
-        "that on the natural file, as measured by the enhancement job. GT logit and accuracy: "
-        "the guide model run here on each set's own files (top-1; Wilson 95% interval). "
-        "5–95%: the 5th and 95th percentiles over images."
+        "Each cell: mean ± standard deviation over images, and below it the 5th – 95th "
+        "percentiles. Achieved L2: distance between the saved 8-bit natural and enhanced images "
+        "(pixel values in [0, 1]); logit gain: the guide model's ground-truth logit on the "
+        "enhanced file minus that on the natural file, as the enhancement job measured them. "
+        "GT logit and accuracy: the guide model run here on each set's own files (top-1, Wilson "
+        "95% interval; then per split)."
     )
     title = "Stimulus sets" + (f" of {dataset}" if dataset else "")
     intro = f"Guide model: {model_path}" if model_path else None

@@ -11,10 +11,12 @@ loop that the pipelined one must match byte for byte.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
 from collections import deque
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -65,7 +67,8 @@ class ImageWriter:
     Make it before the job touches the GPU: the workers are forked at once. `write` queues a
     batch and returns; at most `depth` chunks per process wait, so memory stays bounded. Leaving
     the `with` block waits for every file and raises the first worker error; leaving it by an
-    exception stops the workers at once (the job's temporary folder is then removed).
+    exception stops the workers at once; inside the job's `atomic_path` block use
+    `stopping_on_error`, so that no worker writes into its temporary folder after it is removed.
 
         with ImageWriter(8, "png", 95) as writer:
             writer.write(to_uint8(images).cpu().numpy(), paths)
@@ -101,6 +104,23 @@ class ImageWriter:
             self.written += self.pending.popleft().get()
         return self.written
 
+    def abort(self) -> None:
+        """Stop the workers at once (nothing more is written), e.g. before removing the folder
+        they write into."""
+        if self.pool is not None:
+            self.pool.terminate()
+            self.pool.join()
+            self.pool = None
+
+    @contextlib.contextmanager
+    def stopping_on_error(self) -> Iterator[ImageWriter]:
+        """A block whose failure stops the workers before anything around it cleans up."""
+        try:
+            yield self
+        except BaseException:
+            self.abort()
+            raise
+
     def __enter__(self) -> ImageWriter:
         return self
 
@@ -111,6 +131,4 @@ class ImageWriter:
             if exc_type is None:
                 self.finish()
         finally:
-            self.pool.terminate()  # at once when failing; idle workers otherwise
-            self.pool.join()
-            self.pool = None
+            self.abort()  # at once when failing; idle workers otherwise

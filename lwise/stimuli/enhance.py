@@ -179,7 +179,7 @@ def enhance(
             df, csv, key_root, pixels, guide.input_size, batch, workers, cuda
         )  # fmt: skip
         bar = progress(total=len(df), desc=f"{objective} eps={eps:g}", unit="img")
-        with bar, atomic_path(out_dir, directory=True) as tmp:
+        with bar, atomic_path(out_dir, directory=True) as tmp, writer.stopping_on_error():
             for pos, u8 in source:
                 x = to_unit(u8.to(guide.device, non_blocking=True)).contiguous(memory_format=layout)
                 y = labels[pos].to(guide.device, non_blocking=True)

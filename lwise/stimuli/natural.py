@@ -77,7 +77,7 @@ def write_natural(
         size = load_guide(model_path, trusted=trusted, device="cpu").input_size
         source = pixel_batches(df, csv, key_root, pixels, size, BATCH_SIZE, workers, False)
         bar = progress(total=len(df), desc="natural", unit="img")
-        with bar, atomic_path(out_dir, directory=True) as tmp:
+        with bar, atomic_path(out_dir, directory=True) as tmp, writer.stopping_on_error():
             for pos, u8 in source:
                 arrays = u8.permute(0, 2, 3, 1).numpy()
                 writer.write(arrays, [tmp / keys[i] for i in pos])
