@@ -455,18 +455,20 @@ def bench_training(args, gen) -> dict:
         root = Path(tmp)
         splits = {"train": args.train_images, "val": val_images}
         synthetic_dirmap(root, splits, TRAIN_CLASSES, args.size, gen)
-        cfg = TrainConfig(
-            arch=args.arch,
-            image_size=args.size,
-            epochs=2,
-            batch_size=args.train_batch,
-            val_batch_size=val_images,
-            workers=args.workers,
-            eps=args.train_eps,
-            attack_steps=args.train_steps,
-            attack_lr=args.train_step_size,
-            eval_every=2,
-            seed=args.seed,
+        cfg = TrainConfig.from_config(
+            {
+                "arch": args.arch,
+                "image_size": args.size,
+                "epochs": 2,
+                "batch_size": args.train_batch,
+                "val_batch_size": val_images,
+                "workers": args.workers,
+                "eps": args.train_eps,
+                "attack_steps": args.train_steps,
+                "attack_lr": args.train_step_size,
+                "eval_every": 2,
+                "seed": args.seed,
+            }
         )
         metrics = train(
             root / "dirmap.csv", root / "model.pt", root / "metrics.csv", root / "state", cfg

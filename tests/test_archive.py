@@ -133,3 +133,53 @@ def test_default_limits_pass_an_ordinary_image_archive(tmp_path):
     archive = _tar(tmp_path / "images.tar.gz", [{"name": "a.jpg", "data": rng.bytes(50_000)}])
     extract(archive, tmp_path / "out", DownloadConfig.from_config().limits)
     assert (tmp_path / "out/a.jpg").stat().st_size == 50_000
+
+
+# --- issue 13: mutants that survived the mutation run of lwise/data/archive.py ------------------
+
+
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("ok\\..\\..\\evil.txt", "escapes"),  # Windows separators count as separators
+        ("\\evil.txt", "absolute"),
+        ("C:evil.txt", "absolute"),  # a drive letter
+        ("C:\\evil.txt", "absolute"),
+    ],
+)
+def test_zip_member_names_in_windows_form_are_refused(tmp_path, name, message):
+    z = tmp_path / "bad.zip"
+    with zipfile.ZipFile(z, "w") as zf:
+        zf.writestr("ok/fine.txt", "1")
+        zf.writestr(zipfile.ZipInfo(name), "x")
+    with pytest.raises(UnsafeArchiveError, match=message):
+        extract(z, tmp_path / "out")
+    assert not (tmp_path / "out/ok/fine.txt").exists()
+
+
+def test_zip_symlink_is_refused_and_names_the_member(tmp_path):
+    z = tmp_path / "link.zip"
+    info = zipfile.ZipInfo("ok/link")
+    info.external_attr = (0o120777 << 16) | 0  # how zip -y stores a symlink
+    with zipfile.ZipFile(z, "w") as zf:
+        zf.writestr("ok/fine.txt", "1")
+        zf.writestr(info, "../../outside")
+    with pytest.raises(UnsafeArchiveError, match=r"link\.zip: member 'ok/link' is a symlink"):
+        extract(z, tmp_path / "out")
+    regular = zipfile.ZipInfo("ok/plain.txt")
+    regular.external_attr = 0o100644 << 16
+    with zipfile.ZipFile(tmp_path / "plain.zip", "w") as zf:
+        zf.writestr(regular, "fine")
+    assert extract(tmp_path / "plain.zip", tmp_path / "out2") == ["ok/plain.txt"]
+
+
+def test_limits_allow_exactly_the_limit(tmp_path):
+    z = tmp_path / "a.zip"
+    with zipfile.ZipFile(z, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr("x.bin", b"\0" * 1000)
+    assert extract(z, tmp_path / "out", limits=ExtractLimits(max_bytes=1000, max_ratio=1e9))
+    with pytest.raises(ArchiveTooLargeError, match="1,000 bytes"):
+        extract(z, tmp_path / "out2", limits=ExtractLimits(max_bytes=999, max_ratio=1e9))
+    ratio = 1000 / z.stat().st_size
+    with pytest.raises(ArchiveTooLargeError, match=rf"would expand to 1,000 \({ratio:.0f}x\)"):
+        extract(z, tmp_path / "out4", limits=ExtractLimits(max_bytes=10**9, max_ratio=ratio * 0.99))

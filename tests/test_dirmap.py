@@ -98,3 +98,46 @@ def test_existing_image_named_through_dotdot_is_not_reported_missing(tmp_path):
     make_image(tmp_path / "train/cat/a.png")
     path = _write(tmp_path, [_row(im="nothere/../train/cat/a.png")])
     assert dirmap.read(path).loc[0, "im_path"] == "nothere/../train/cat/a.png"
+
+
+# --- issue 13: mutants that survived the mutation run of lwise/data/dirmap.py ---------------------
+
+
+def test_images_outside_the_roots_are_refused_with_line_and_path(tmp_path):
+    data, elsewhere = tmp_path / "raw", tmp_path / "elsewhere"
+    make_image(data / "train/cat/a.png")
+    make_image(elsewhere / "b.png")
+    rows = [_row(), _row(im="../elsewhere/b.png", cls="dog", num=1)]
+    path = _write(data, rows)
+    with pytest.raises(
+        dirmap.DirmapError,
+        match=r"outside the dataset's folders at line\(s\) 3, "
+        r"e\.g\. '\.\./elsewhere/b\.png'; images must lie under .*raw \(list",
+    ):
+        dirmap.read(path, roots=[data])
+    assert len(dirmap.read(path, roots=[data, elsewhere])) == 2  # a listed root is allowed
+    assert len(dirmap.read(path)) == 2  # no roots: no check
+    link = data / "train/cat/link.png"  # a link inside raw/ that points outside is outside
+    link.symlink_to(elsewhere / "b.png")
+    with pytest.raises(dirmap.DirmapError, match=r"line\(s\) 2, e\.g\. 'train/cat/link\.png'"):
+        dirmap.read(_write(data, [_row(im="train/cat/link.png")]), roots=[data])
+
+
+def test_problem_lines_count_the_rest_and_name_both_sides_of_a_clash(tmp_path):
+    make_image(tmp_path / "train/cat/a.png")
+    rows = [_row(num=1.5, im=f"x{i}.png") for i in range(7)]
+    problems = dirmap.problems(pd.DataFrame(rows), None)
+    assert any("'class_num' is not an integer at line(s) 2, 3, 4, 5, 6 (+2 more)" in p
+               for p in problems)  # fmt: skip
+    assert dirmap.problems(pd.DataFrame([_row(im=f"x{i}.png") for i in range(5)]), None) == []
+    clash = pd.DataFrame([_row(im="a.png"), _row(cls="dog", num=0, im="b.png"), _row(cls="cat",
+                          num=2, im="c.png")])  # fmt: skip
+    text = " | ".join(dirmap.problems(clash, None))
+    assert "class 'cat' has class_num ['0', '2'] at line(s) 2, 4" in text
+    assert "class_num '0' has class ['cat', 'dog'] at line(s) 2, 3" in text
+
+
+def test_an_empty_class_num_beside_a_filled_one_is_reported_not_a_crash(tmp_path):
+    df = pd.DataFrame([_row(im="a.png"), _row(im="b.png", num=None)])
+    found = dirmap.problems(df, None)
+    assert any("empty 'class_num' at line(s) 3" in p for p in found)

@@ -57,7 +57,8 @@ def problems(df: pd.DataFrame, root: Path | None) -> list[str]:
     bad = nums.isna() | (nums != nums.round())
     if bad.any():
         out.append(f"'class_num' is not an integer at line(s) {csv_lines(df, bad)}")
-    pairs = df[["class", "class_num"]].astype(str).drop_duplicates()
+    # Empty cells are reported above; they would break the sorting below (NaN among strings).
+    pairs = df[["class", "class_num"]].dropna().astype(str).drop_duplicates()
     for col, other in (("class", "class_num"), ("class_num", "class")):
         dup = pairs[pairs.duplicated(col, keep=False)]
         if not dup.empty:

@@ -167,6 +167,7 @@ def _figures(summary: pd.DataFrame, costs, synthetic: bool):
         for (i, j), v in np.ndenumerate(grid.to_numpy()):
             ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="w")
         ax.set_title(name)
+    fig.subplots_adjust(wspace=0.45, bottom=0.3)
     fig.colorbar(im, ax=axes[0].tolist(), label="mean Hellinger distance (lower: aligned)")
     fig.suptitle(f"VisAlign: visual alignment{note}")
     heat = fig
