@@ -204,7 +204,9 @@ def test_replicas_that_differ_are_caught(tmp_path):
         "same = replicas_agree(m, torch.device('cpu'))\n"
         "if dist.get_rank() == 1:\n"
         "    m[1].running_mean[1] += 1e-6\n"
-        "print('agree', same, replicas_agree(m, torch.device('cpu')), flush=True)\n"
+        # One write per rank: a pipe write this short is atomic, so the ranks' lines never mix.
+        "after = replicas_agree(m, torch.device('cpu'))\n"
+        "os.write(1, f'agree {same} {after}\\n'.encode())\n"
         "dist.destroy_process_group()\n"
     )
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
