@@ -146,3 +146,15 @@ def tiny_config() -> dict:
     config["evaluation"]["n_boot"] = 50
     config["evaluation"]["folds"] = 3
     return config
+
+
+def core_config() -> dict:
+    """`tiny_config` with the method families off: for tests of the core chain (download to
+    alignment). Each family's own tests turn it on; the default-run test runs them all."""
+    config = tiny_config()
+    config["experiments"]["enabled"] = False
+    config["correspondence"]["datasets"] = []
+    config["attention"]["enabled"] = False
+    config["visalign"]["datasets"] = []
+    config["debugging"]["datasets"] = []
+    return config

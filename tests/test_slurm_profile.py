@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 import yte
-from conftest import tiny_config
+from conftest import core_config
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILE = REPO / "profiles" / "slurm"
@@ -180,7 +180,7 @@ def test_workflow_runs_through_the_slurm_profile(slurm_cluster, tmp_path):
         ),
     )  # fmt: skip
 
-    (work / "config.yaml").write_text(yaml.safe_dump(tiny_config()))
+    (work / "config.yaml").write_text(yaml.safe_dump(core_config()))
 
     # The test node has 2 cores and a few GB: keep the profile's per-rule entries (which it
     # checks for validity) but shrink their memory, and cap threads at the node's cores.

@@ -9,7 +9,7 @@ import time
 
 import pandas as pd
 import pytest
-from conftest import run_workflow, tiny_config, workflow_command
+from conftest import core_config, run_workflow, workflow_command
 
 
 def planned_jobs(proc: subprocess.CompletedProcess) -> dict[str, int]:
@@ -26,7 +26,7 @@ def planned_jobs(proc: subprocess.CompletedProcess) -> dict[str, int]:
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     work = tmp_path_factory.mktemp("dag")
-    config = tiny_config()
+    config = core_config()
     run_workflow(work, config)
     return work, config
 
@@ -66,7 +66,7 @@ def test_changing_a_training_parameter_reruns_training_and_its_dependents(finish
 
 
 def test_naming_one_file_builds_only_it_and_its_inputs(tmp_path):
-    config = tiny_config()
+    config = core_config()
     run_workflow(tmp_path, config, "results/digits/dirmap.csv")
     assert (tmp_path / "results/digits/dirmap.csv").exists()
     assert not (tmp_path / "results/digits/imagefolder").exists()
@@ -78,7 +78,7 @@ def test_naming_one_file_builds_only_it_and_its_inputs(tmp_path):
 
 @pytest.mark.slow
 def test_interrupted_job_is_not_taken_as_complete(tmp_path):
-    config = tiny_config()
+    config = core_config()
     config["guide"]["train"]["epochs"] = 30  # long enough to be killed mid-way
     run_workflow(tmp_path, config, "results/digits/imagefolder")
     cmd = workflow_command(tmp_path, config, "results/digits/guide/model.pt")
@@ -115,20 +115,18 @@ def test_a_hundred_thousand_images_do_not_mean_more_jobs(tmp_path):
     pd.DataFrame(rows, columns=["split", "class", "class_num", "im_path"]).to_csv(
         root / "recipe.csv", index=False
     )
-    config = tiny_config()
+    config = core_config()
     config["datasets"] = {
         "big": {
             "sources": [{"url": str(root)}],
             "definer": {"type": "recipe", "options": {"path": "big/recipe.csv"}},
         }
     }
-    # Stages that run only for the datasets they name follow the dataset.
-    config["debugging"]["datasets"] = ["big"] if config["debugging"]["datasets"] else []
     began = time.time()
     jobs = planned_jobs(run_workflow(tmp_path / "work", config, "--dry-run"))
     took = time.time() - began
     print(f"dry run over a 100,000-image dataset: {took:.1f} s, {sum(jobs.values())} jobs")
-    small = planned_jobs(run_workflow(tmp_path / "work2", tiny_config(), "--dry-run"))
+    small = planned_jobs(run_workflow(tmp_path / "work2", core_config(), "--dry-run"))
     assert jobs == small  # one job per stage (and per epsilon), never per image
 
 
@@ -152,7 +150,7 @@ def test_real_human_trials_replace_the_simulation(finished, tmp_path):
 
 
 def test_training_config_error_names_the_key_before_any_job(tmp_path):
-    config = tiny_config()
+    config = core_config()
     config["guide"]["train"]["epochs"] = "two"
     proc = run_workflow(tmp_path, config, "--dry-run", check=False)
     out = proc.stdout + proc.stderr
@@ -171,7 +169,7 @@ def test_changed_classes_train_a_new_model_instead_of_resuming(tmp_path):
 
     from lwise.guide.checkpoints import load_model
 
-    config = tiny_config()
+    config = core_config()
     target = "results/digits/guide/model.pt"
     log = tmp_path / "results/logs/digits/train_guide.log"
     model = tmp_path / target
