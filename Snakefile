@@ -23,6 +23,7 @@ include: "rules/attention.smk"
 include: "rules/report.smk"
 include: "rules/visalign.smk"
 include: "rules/debugging.smk"
+include: "rules/export.smk"
 
 
 rule all:

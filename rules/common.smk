@@ -152,6 +152,21 @@ def guide_checkpoint_sha256(wildcards):
     return file_sha256(path) if os.path.isfile(path) else None
 
 
+def check_guide_files(dataset):
+    """Checked when the workflow is parsed: an input function's error is not enough, since
+    Snakemake drops a rule whose input function fails and takes its existing output as a
+    source file ("Nothing to be done")."""
+    cfg = section(dataset, "guide")
+    if cfg.get("checkpoint"):
+        configured_file(dataset, "guide.checkpoint", cfg["checkpoint"])
+    elif cfg.get("train", {}).get("init_checkpoint"):
+        configured_file(dataset, "guide.train.init_checkpoint", cfg["train"]["init_checkpoint"])
+
+
+for _dataset in DATASETS:
+    check_guide_files(_dataset)
+
+
 def guide_gpus(wildcards):
     return guide_settings(wildcards).get("gpus", 1)
 

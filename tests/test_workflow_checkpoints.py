@@ -54,8 +54,9 @@ def write_layout(layout: str, model, path):
 
 def checkpoint_config(path, *, trusted: bool) -> dict:
     config = tiny_config()
-    # The learning experiment's test blocks take 2 x 5 validation images per class.
-    config["datasets"]["digits"]["build"]["n_per_class"]["val"] = 10
+    # The learning experiment's blocks need more images per class than tiny_config keeps
+    # (its CurriculumError: 'needs 10 image(s), only 6 available'); it does not load the guide.
+    config["experiments"]["enabled"] = False
     config["guide"].update(
         checkpoint=str(path), trusted=trusted, arch="small_cnn",
         image_size=SMALL_TRAIN["image_size"],

@@ -43,19 +43,16 @@ from dataclasses import dataclass, fields
 import numpy as np
 import pandas as pd
 
-from lwise.core.keys import NATURAL, format_eps, parse_set
+from lwise.core.keys import NATURAL, format_eps
 from lwise.experiments.conditions import Condition, get_condition
 
 __all__ = [
     "CurriculumError",
     "LearningDesign",
-    "RecognitionDesign",
     "TRIAL_COLUMNS",
-    "CALIBRATION_SHAPES",
     "participant_rng",
     "map_taper",
     "learning_trials",
-    "recognition_trials",
 ]
 
 TRIAL_COLUMNS = (
@@ -79,7 +76,6 @@ TRIAL_COLUMNS = (
     "duration_ms",
     "choices",
 )
-CALIBRATION_SHAPES = ("circle", "triangle")
 _EPSILON = 1e-9
 
 
@@ -143,33 +139,6 @@ class LearningDesign:
         if condition.enhance and block <= len(self.epsilon_taper):
             return self.epsilon_taper[block - 1]
         return 0.0
-
-
-@dataclass(frozen=True)
-class RecognitionDesign:
-    """Settings of the recognition design (defaults: the reference ImageNet animals config)."""
-
-    screening_per_class: int = 2
-    screening_duration_ms: int = 200
-    warmup_per_class: int = 2
-    main_per_class: int = 16
-    calibration_trials: int = 30
-    duration_ms: int = 17
-    post_stimulus_ms: int = 200
-    screening_split: str = "train"
-    main_split: str = "val"
-
-    @classmethod
-    def from_dict(cls, cfg: Mapping | None) -> RecognitionDesign:
-        return _from_dict(cls, cfg)
-
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, int) and value < 0:
-                raise ValueError(f"recognition.{f.name} must be >= 0, got {value}")
-        if self.main_per_class < 1:
-            raise ValueError("recognition.main_per_class must be >= 1")
 
 
 def participant_rng(seed: int, participant: str) -> np.random.Generator:
@@ -393,77 +362,3 @@ def learning_trials(
     blocks = train + test_blocks
     ordered = [r for rows in blocks for r in (rows[i] for i in rng.permutation(len(rows)))]
     return _finish(ordered, participant, condition)
-
-
-# --- recognition design --------------------------------------------------------------------------
-
-
-def recognition_trials(
-    images: pd.DataFrame,
-    versions: Mapping[str, Mapping[str, str]],
-    design: RecognitionDesign,
-    participant: str,
-    *,
-    sets: Sequence[str],
-    calibration: Mapping[str, str],
-    seed: int = 0,
-) -> pd.DataFrame:
-    """One participant's trial list in the recognition design (condition `recognition`).
-
-    `sets`: the stimulus sets the main block shows, in equal shares per class. `calibration`:
-    shape name -> what the page loads for it (`CALIBRATION_SHAPES`). Other arguments as in
-    `learning_trials`.
-    """
-    _check_images(images, need_difficulty=False)
-    if not sets:
-        raise CurriculumError("recognition design: no stimulus sets to show")
-    rng = participant_rng(seed, participant)
-    images = images.rename(columns={"class": "cls"})
-    classes = _classes(images)
-    used: set[str] = set()
-    blocks: list[list[dict]] = []
-    plan = (
-        ("screening", design.screening_per_class, design.screening_split,
-         design.screening_duration_ms, True),
-        ("warmup", design.warmup_per_class, design.screening_split, design.duration_ms, True),
-        ("main", design.main_per_class, design.main_split, design.duration_ms, False),
-    )  # fmt: skip
-    for b, (phase, per_class, split, duration, feedback) in enumerate(plan, start=1):
-        if per_class == 0:
-            continue
-        rows: list[dict] = []
-        for cls in classes:
-            pool = images[
-                (images["cls"] == cls) & (images["split"] == split) & ~images["key"].isin(used)
-            ].sort_values("key")
-            picked = _draw(rng, pool, per_class, f"class {cls!r}, split {split!r}, {phase} block")
-            used.update(picked["key"])
-            shown = (
-                [sets[i] for i in rng.permutation(np.resize(np.arange(len(sets)), per_class))]
-                if phase == "main"
-                else [NATURAL] * per_class
-            )
-            for (_, one), set_name in zip(picked.iterrows(), shown, strict=True):
-                eps = parse_set(set_name)[1]
-                rows += _rows(
-                    one.to_frame().T, block=b, phase=phase, feedback=feedback, set_name=set_name,
-                    eps=eps, target_eps=eps, max_difficulty=np.nan, duration_ms=duration,
-                    versions=versions,
-                )  # fmt: skip
-        if phase == "main":
-            for i in range(design.calibration_trials):
-                shape = CALIBRATION_SHAPES[i % len(CALIBRATION_SHAPES)]
-                rows.append(
-                    {
-                        "block": b, "source_block": b, "phase": "calibration", "feedback": 0,
-                        "catch": 0, "image": f"calibration/{shape}", "class": shape,
-                        "set": "calibration", "eps": 0.0, "target_eps": 0.0,
-                        "stimulus": calibration[shape], "difficulty": np.nan,
-                        "difficulty_quantile": np.nan, "max_difficulty": np.nan,
-                        "duration_ms": design.duration_ms,
-                        "choices": "|".join(CALIBRATION_SHAPES), "key": f"calibration/{shape}",
-                    }
-                )  # fmt: skip
-        blocks.append(rows)
-    ordered = [r for rows in blocks for r in (rows[i] for i in rng.permutation(len(rows)))]
-    return _finish(ordered, participant, "recognition")

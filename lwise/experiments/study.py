@@ -45,15 +45,13 @@ from lwise.data import dirmap
 from lwise.data.dirmap import csv_lines
 from lwise.experiments.conditions import DEFAULT_WEIGHTS, assign_conditions
 from lwise.experiments.curriculum import (
-    CALIBRATION_SHAPES,
     TRIAL_COLUMNS,
     CurriculumError,
     LearningDesign,
-    RecognitionDesign,
     learning_trials,
     map_taper,
-    recognition_trials,
 )
+from lwise.experiments.recognition import CALIBRATION_SHAPES, RecognitionDesign, recognition_trials
 
 log = logging.getLogger(__name__)
 
