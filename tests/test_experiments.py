@@ -319,6 +319,9 @@ def test_rules_build_study_and_analysis(tmp_path):
     make_dataset(work / "results" / "digits")
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     config["experiments"]["participants"] = 7
+    from lwise.publish.s3local import free_port
+
+    config["upload"]["local_port"] = free_port()  # the run starts its local S3 server
     cfg = work / "config.yaml"
     cfg.write_text(yaml.safe_dump(config))
     targets = ["results/digits/experiments/study", "results/digits/experiments/analysis_synthetic"]
