@@ -141,7 +141,8 @@ def test_real_human_trials_replace_the_simulation(finished, tmp_path):
     real = copy.deepcopy(config)
     real["datasets"]["digits"]["humans"] = {"trials": str(trials)}
     jobs = planned_jobs(run_workflow(work, real, "--dry-run"))
-    assert jobs == {"evaluate_alignment": 1, "all": 1}  # alignment_human; nothing simulated
+    # alignment_human and its report table; nothing simulated
+    assert jobs == {"evaluate_alignment": 1, "report_alignment": 1, "all": 1}
     run_workflow(work, real)
     assert (work / "results/digits/alignment_human/summary.csv").exists()
 
