@@ -7,6 +7,7 @@ stage's entry points (`finetune`, `evaluate`, `reasonability_matrix`). The model
 the attention loss, the two training phases) is `lwise.guide.attention`.
 """
 
+from lwise.alignment.attention.evaluate import evaluate, reasonability_matrix
 from lwise.alignment.attention.masks import (
     ImageIndex,
     MaskError,
@@ -21,9 +22,7 @@ from lwise.alignment.attention.run import (
     AttentionConfig,
     assign_roles,
     cam_iou,
-    evaluate,
     finetune,
-    reasonability_matrix,
     sample_weights,
 )
 
