@@ -1,7 +1,9 @@
 # L-WISE learning experiments: a study (trial lists + the static web page) per dataset from its
-# difficulty scores and uploaded image sets, and the learning analysis of its responses: real
-# ones when `experiments.responses.<dataset>` names them, else synthetic learners (marked so).
+# difficulty scores and uploaded image sets, its upload next to the image sets, and the
+# learning analysis of its responses: real ones when `experiments.responses.<dataset>` names
+# them, else synthetic learners (marked so).
 #   results/<ds>/experiments/study/                 trial lists, web/ (open web/index.html)
+#   results/<ds>/upload/study/manifest.{csv,json}   where each file of the study is on S3
 #   results/<ds>/experiments/responses_synthetic.csv
 #   results/<ds>/experiments/analysis_<human|synthetic>/
 
@@ -40,6 +42,32 @@ rule experiment_study:
         stimuli="results/{dataset}/stimuli",
     script:
         "../workflow/scripts/experiment_study.py"
+
+
+rule publish_study:
+    """Upload every file the study wrote (page, scripts, trial lists) to S3; write a manifest."""
+    input:
+        "results/{dataset}/experiments/study",
+    output:
+        csv=f"results/{{dataset}}/upload/{experiments.STUDY_SET}/manifest.csv",
+        json=f"results/{{dataset}}/upload/{experiments.STUDY_SET}/manifest.json",
+    log:
+        "results/logs/{dataset}/publish_study.log",
+    benchmark:
+        "results/benchmarks/{dataset}/publish_study.tsv"
+    conda:
+        "../envs/lwise.yaml"
+    threads: 2
+    resources:
+        s3_uploads=1,
+        mem_mb=2000,
+        runtime=60,
+    params:
+        upload=config["upload"],
+        endpoint=upload_endpoint(),
+        name=experiments.STUDY_SET,
+    script:
+        "../workflow/scripts/publish_study.py"
 
 
 rule simulate_learners:

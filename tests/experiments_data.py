@@ -64,3 +64,24 @@ def make_dataset(
         "stimuli_root": root / "stimuli",
         "images": images,
     }
+
+
+def upload_sets(root: Path, data: dict, cfg_for) -> dict:
+    """Upload every stimulus set of `make_dataset`'s tree for real (`lwise.publish.s3`) and
+    return set name -> the upload rule's dirmap (with the objects' URLs), in place of the
+    made-up URLs of `data["uploads"]`. `cfg_for(set_name)` gives each set's UploadConfig."""
+    from lwise.publish.s3 import upload_image_set
+
+    uploads = {}
+    for name, made_up in data["uploads"].items():
+        listed = pd.read_csv(made_up)
+        folder = data["stimuli_root"] / name
+        listed[["split", "class", "class_num"]].assign(im_path=listed["s3_key"]).to_csv(
+            folder / "dirmap.csv", index=False
+        )
+        out = root / "uploaded" / name
+        upload_image_set(
+            folder / "dirmap.csv", folder, cfg_for(name), out / "dirmap.csv", out / "dirmap.json"
+        )
+        uploads[name] = out / "dirmap.csv"
+    return uploads

@@ -13,6 +13,7 @@ import pytest
 import yaml
 from experiments_data import make_dataset
 
+from lwise.core.config import ConfigError, defaults
 from lwise.core.keys import NATURAL
 from lwise.experiments.analysis import analyse, read_responses, relative_gain, wilson
 from lwise.experiments.conditions import CONDITIONS, assign_conditions
@@ -21,8 +22,9 @@ from lwise.experiments.curriculum import (
     LearningDesign,
     map_taper,
 )
+from lwise.experiments.recognition import RecognitionDesign
 from lwise.experiments.simulate import simulate_learners
-from lwise.experiments.study import build_study
+from lwise.experiments.study import StudySettings, build_study, on_this_machine
 from lwise.humans.trials import HumanDataError, read_trials
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,30 +51,67 @@ def built(dataset, tmp_path_factory):
 # --- conditions ----------------------------------------------------------------------------------
 
 
+REFERENCE = defaults("experiments")["conditions"]  # the schema's: L-WISE's 7 slots
+
+
 def test_blocked_assignment_holds_the_reference_proportions():
     ids = [f"p{i}" for i in range(70)]
-    got = Counter(assign_conditions(ids))
+    got = Counter(assign_conditions(ids, REFERENCE, method="blocked", seed=0))
     assert got == {"control": 20, "select": 10, "select_shuffle": 10, "enhance": 10,
                    "enhance_shuffle": 10, "lwise": 10}  # fmt: skip
     # Every complete group of 7 has each slot once.
-    first = assign_conditions(ids[:7])
+    first = assign_conditions(ids[:7], REFERENCE, method="blocked", seed=0)
     assert Counter(first)["control"] == 2 and len(set(first)) == 6
 
 
 def test_random_assignment_follows_probabilities_and_seeds():
     ids = [f"p{i}" for i in range(4000)]
-    got = Counter(assign_conditions(ids, {"control": 0.25, "lwise": 0.75}, method="random"))
+    weights = {"control": 0.25, "lwise": 0.75}
+    got = Counter(assign_conditions(ids, weights, method="random", seed=0))
     assert abs(got["lwise"] / 4000 - 0.75) < 0.03
-    assert assign_conditions(ids[:50], method="random", seed=3) == assign_conditions(
-        ids[:50], method="random", seed=3
+    assert assign_conditions(ids[:50], REFERENCE, method="random", seed=3) == assign_conditions(
+        ids[:50], REFERENCE, method="random", seed=3
     )
 
 
 def test_assignment_errors_name_the_problem():
     with pytest.raises(ValueError, match="unknown condition 'nope'"):
-        assign_conditions(["a"], {"nope": 1})
+        assign_conditions(["a"], {"nope": 1}, method="blocked", seed=0)
     with pytest.raises(ValueError, match="whole-number weights"):
-        assign_conditions(["a"], {"control": 0.5, "lwise": 1})
+        assign_conditions(["a"], {"control": 0.5, "lwise": 1}, method="blocked", seed=0)
+
+
+# --- settings: every default from the schema ------------------------------------------------------
+
+
+def test_settings_take_every_default_from_the_schema():
+    settings = StudySettings.from_config({"participants": 7, "learning": {"training_blocks": 3}})
+    assert settings.participants == 7 and settings.images == "auto"
+    assert settings.conditions == REFERENCE
+    learning = settings.learning
+    assert isinstance(learning, LearningDesign) and learning.training_blocks == 3
+    assert learning.max_difficulty == (0.10, 0.25, 0.40, 0.55, 0.70, 0.85)  # the schema's
+    assert learning.epsilon_taper == (8, 4, 2, 1, 0.5, 0.25)
+    assert learning == LearningDesign.from_config({"training_blocks": 3})
+    assert settings.recognition == RecognitionDesign.from_config()
+    assert settings.recognition.duration_ms == 17 and settings.page.fixation_ms == 500
+    assert "15 minutes" in settings.page.consent
+    # The workflow-only keys of the section are validated and left out.
+    plain = StudySettings.from_config()
+    assert StudySettings.from_config({"enabled": False, "responses": {}}) == plain
+    with pytest.raises(ConfigError, match=r"experiments\.learning .*'nope' was unexpected"):
+        StudySettings.from_config({"learning": {"nope": 1}})
+    with pytest.raises(ConfigError, match=r"experiments\.participants 0"):
+        StudySettings.from_config({"participants": 0})
+    with pytest.raises(ConfigError, match=r"experiments\.learning\.max_difficulty\.0 1\.5"):
+        LearningDesign.from_config({"max_difficulty": [1.5]})
+
+
+def test_auto_image_mode_copies_only_from_this_machine():
+    for url in ("http://127.0.0.1:9900/b/k.png", "http://localhost/x", "http://[::1]:9/b/k"):
+        assert on_this_machine(url), url
+    assert not on_this_machine("https://lwise-ds-natural.s3.amazonaws.com/k.png")
+    assert not on_this_machine("http://minio.lab.example:9000/b/k.png")
 
 
 # --- the taper -----------------------------------------------------------------------------------
@@ -108,7 +147,7 @@ def test_enhanced_conditions_follow_the_taper(built):
 
 def test_difficulty_bounds_per_block(built, dataset):
     _, trials = built
-    design = LearningDesign()
+    design = LearningDesign.from_config()
     images = dataset["images"]
     train = trials[trials["phase"] == "train"]
     for cond in ("select", "select_shuffle", "lwise"):
@@ -228,7 +267,7 @@ def test_bad_inputs_name_file_and_field(dataset, tmp_path):
     with pytest.raises(CurriculumError, match=r"upload.csv: no 'url' column"):
         build_study(**{**args, "uploads": {**args["uploads"], NATURAL: up}},
                     out_dir=tmp_path / "y", settings={})  # fmt: skip
-    with pytest.raises(ValueError, match=r"unknown setting\(s\) \['nope'\]"):
+    with pytest.raises(ConfigError, match=r"experiments\.learning .*'nope' was unexpected"):
         build_study(**args, out_dir=tmp_path / "z", settings={"learning": {"nope": 1}})
     with pytest.raises(CurriculumError, match="objective 'cross_entropy'"):
         build_study(**args, out_dir=tmp_path / "w", settings={"objective": "cross_entropy"})
@@ -238,18 +277,20 @@ def test_bad_inputs_name_file_and_field(dataset, tmp_path):
 
 
 def test_wilson_and_relative_gain():
-    lo, hi = wilson(7, 10)
+    lo, hi = wilson(7, 10, 0.95)
     assert 0.39 < lo < 0.40 and 0.89 < hi < 0.90
-    gain, glo, ghi = relative_gain(np.array([0.8, 0.9]), np.array([0.5, 0.6]), n_boot=500)
+    gain, glo, ghi = relative_gain(
+        np.array([0.8, 0.9]), np.array([0.5, 0.6]), n_boot=500, seed=0, confidence=0.95
+    )
     assert gain == pytest.approx(0.85 / 0.55 - 1) and glo <= gain <= ghi
 
 
 def test_analysis_of_simulated_learners(built, tmp_path):
     out, _ = built
-    sim = simulate_learners(out / "trials.csv", tmp_path / "sim.csv", seed=0)
+    sim = simulate_learners(out / "trials.csv", tmp_path / "sim.csv", {"seed": 0})
     assert sim["synthetic"].all()
     read_trials(tmp_path / "sim.csv")  # the trials format the evaluation reads
-    table = analyse(tmp_path / "sim.csv", tmp_path / "ana", n_boot=300)
+    table = analyse(tmp_path / "sim.csv", tmp_path / "ana", {"n_boot": 300})
     assert list(table["condition"])[0] == "control" and set(table["condition"]) == set(CONDITIONS)
     assert (table["n_trials"] == table["n_participants"] * 30).all()  # catch trials left out
     assert table["synthetic"].all()
@@ -272,7 +313,7 @@ def test_analysis_reports_exact_accuracies(tmp_path):
                          "trial": i + 1, "block": 9, "class": cls, "phase": "test",
                          "catch": 0})  # fmt: skip
     pd.DataFrame(rows).to_csv(tmp_path / "r.csv", index=False)
-    table = analyse(tmp_path / "r.csv", tmp_path / "out", n_boot=200).set_index("condition")
+    table = analyse(tmp_path / "r.csv", tmp_path / "out", {"n_boot": 200}).set_index("condition")
     assert table.loc["control", "accuracy"] == pytest.approx(0.4)
     assert table.loc["lwise", "accuracy"] == pytest.approx(0.8)
     assert table.loc["lwise", "relative_gain_vs_control"] == pytest.approx(1.0)
@@ -324,7 +365,11 @@ def test_rules_build_study_and_analysis(tmp_path):
     config["upload"]["local_port"] = free_port()  # the run starts its local S3 server
     cfg = work / "config.yaml"
     cfg.write_text(yaml.safe_dump(config))
-    targets = ["results/digits/experiments/study", "results/digits/experiments/analysis_synthetic"]
+    targets = [
+        "results/digits/experiments/study",
+        "results/digits/experiments/analysis_synthetic",
+        "results/digits/upload/study/manifest.csv",
+    ]
     # Only these rules: the upstream files exist and stand in for the rest of the DAG.
     cmd = [
         sys.executable,
@@ -343,6 +388,7 @@ def test_rules_build_study_and_analysis(tmp_path):
         "experiment_study",
         "simulate_learners",
         "analyse_experiment",
+        "publish_study",
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -352,3 +398,10 @@ def test_rules_build_study_and_analysis(tmp_path):
     assert len(table) == 6 and table["synthetic"].all()
     assert (work / "results/logs/digits/experiment_study.log").is_file()
     assert (work / "results/benchmarks/digits/analyse_experiment_synthetic.tsv").is_file()
+    # The study went up to the run's local S3 server, next to the image sets' buckets.
+    manifest = pd.read_csv(work / targets[2]).set_index("path")
+    listing = pd.read_csv(study_dir / "files.csv")
+    assert sorted(manifest.index) == sorted(listing["path"])
+    assert manifest.loc["web/index.html", "content_type"] == "text/html; charset=utf-8"
+    assert manifest.loc["web/index.html", "url"].endswith("/lwise-digits-study/web/index.html")
+    assert "uploaded" in (work / "results/logs/digits/publish_study.log").read_text()

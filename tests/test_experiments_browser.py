@@ -12,16 +12,20 @@ import json
 import subprocess
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from browser.cdp import Browser, find_chromium
-from experiments_data import make_dataset
+from experiments_data import make_dataset, upload_sets
+from s3server import moto_s3_server
 
 from lwise.experiments.analysis import analyse, read_responses
 from lwise.experiments.study import build_study
 from lwise.humans.trials import read_trials
+from lwise.publish.s3 import UploadConfig
+from lwise.publish.site import publish_site
 
 SETUP = Path(__file__).parent / "browser" / "setup_chromium.sh"
 
@@ -64,10 +68,11 @@ def endpoint():
 
 
 def run_participant(
-    browser: Browser, index: Path, pid: str, trials: pd.DataFrame, plan: list[bool]
+    browser: Browser, index: Path | str, pid: str, trials: pd.DataFrame, plan: list[bool]
 ):
-    """Go through the page as participant `pid`, answering trial i correctly iff plan[i]."""
-    page = browser.open(f"{index.as_uri()}?participant={pid}")
+    """Go through the page (a file, or a URL) as participant `pid`, answering trial i
+    correctly iff plan[i]."""
+    page = browser.open(f"{index if isinstance(index, str) else index.as_uri()}?participant={pid}")
     page.wait_for("document.readyState === 'complete' && !!document.getElementById('agree')")
     page.click("#agree")
     page.click("#consent-continue")
@@ -166,7 +171,7 @@ def test_scripted_participants_produce_the_accuracy_they_were_told(chromium, tmp
     assert (responses["rt"] > 0).all()
     assert responses.groupby("participant")["t_response_ms"].is_monotonic_increasing.all()
     conditions = trials.groupby("participant")["condition"].first()
-    table = analyse(downloads, tmp_path / "analysis", n_boot=200).set_index("condition")
+    table = analyse(downloads, tmp_path / "analysis", {"n_boot": 200}).set_index("condition")
     for pid, n_right in targets.items():
         assert table.loc[conditions[pid], "accuracy"] == pytest.approx(n_right / 6)
         assert table.loc[conditions[pid], "n_trials"] == 6
@@ -176,3 +181,54 @@ def test_scripted_participants_produce_the_accuracy_they_were_told(chromium, tmp
     merged = responses.merge(trials, on=["participant", "trial"], suffixes=("", "_list"))
     for col in ("image", "block", "source_block", "set", "stimulus", "class"):
         assert (merged[col].astype(str) == merged[f"{col}_list"].astype(str)).all(), col
+
+
+def test_the_published_page_runs_from_the_bucket(chromium, tmp_path):
+    """The study as publish_study uploads it: opened from the bucket over HTTP, its scripts,
+    trial list and images (the image sets' own objects) load and a participant finishes."""
+    with moto_s3_server() as endpoint:
+        run = uuid.uuid4().hex[:8]
+
+        def cfg_for(name: str) -> UploadConfig:
+            options = {"bucket": "lwise-{dataset}-{set}-{run}", "endpoint_url": endpoint,
+                       "public_read": True, "backoff_s": 0.01}  # fmt: skip
+            return UploadConfig.from_config(options, fields={"dataset": "ds", "set": name,
+                                                             "run": run})  # fmt: skip
+
+        data = make_dataset(tmp_path / "ds", n_train=6, n_val=4, epsilons=(2,))
+        uploads = upload_sets(tmp_path / "ds", data, cfg_for)
+        settings = {
+            "participants": 1, "images": "url", "conditions": {"lwise": 1},
+            "learning": {"training_blocks": 2, "trials_per_class": 1, "test_blocks": 1,
+                         "test_per_class": 2, "max_difficulty": [0.5], "epsilon_taper": [2]},
+            "page": {"fixation_ms": 20, "feedback_ms": 50, "response_timeout_ms": 20000},
+        }  # fmt: skip
+        study = tmp_path / "study"
+        trials = build_study(
+            data["difficulty_csv"], data["imagefolder"], uploads, data["stimuli_root"], study,
+            settings, dataset="ds",
+        )  # fmt: skip
+        assert trials["stimulus"].str.startswith(f"{endpoint}/lwise-ds-").all()
+        assert "logit_eps2" in set(trials["set"])
+        publish_site(study, cfg_for("study"), tmp_path / "manifest.csv", tmp_path / "m.json")
+        manifest = pd.read_csv(tmp_path / "manifest.csv").set_index("path")
+        page_url = manifest.loc["web/index.html", "url"]
+        assert page_url.startswith(f"{endpoint}/lwise-ds-study-{run}/")
+
+        downloads = tmp_path / "downloads"
+        downloads.mkdir()
+        with Browser(chromium, tmp_path / "profile") as browser:
+            browser.send(
+                "Browser.setDownloadBehavior",
+                {"behavior": "allow", "downloadPath": str(downloads), "eventsEnabled": True},
+            )
+            page = run_participant(browser, page_url, "p001", trials, [True] * len(trials))
+            loaded = page.js(
+                "performance.getEntriesByType('resource').map(e => e.name)"
+                ".filter(n => n.endsWith('.png'))"
+            )
+            wait_for_file(downloads, "responses_p001_*.csv")
+    assert set(loaded) == set(trials["stimulus"])  # every image came from the image sets
+    responses = read_responses(downloads)
+    assert len(responses) == len(trials) and responses["correct"].all()
+    assert (responses["stimulus"] == trials["stimulus"]).all()

@@ -30,7 +30,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -42,12 +43,13 @@ import pandas as pd  # noqa: E402
 from scipy import stats  # noqa: E402
 
 from lwise.core.atomic import atomic_path  # noqa: E402
+from lwise.core.config import Section  # noqa: E402
 from lwise.experiments.conditions import CONDITIONS, CONTROL  # noqa: E402
 from lwise.humans.trials import HumanDataError, validate_trials  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-__all__ = ["read_responses", "analyse", "wilson", "relative_gain"]
+__all__ = ["AnalysisSettings", "read_responses", "analyse", "wilson", "relative_gain"]
 
 NEEDED = ("block", "phase")
 _FLAGS = ("feedback", "catch", "timed_out")
@@ -113,7 +115,18 @@ def read_responses(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> pd
     return out
 
 
-def wilson(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+@dataclass(frozen=True)
+class AnalysisSettings(Section):
+    """The `experiments.analysis` config section (defaults in the schema)."""
+
+    SECTION = "experiments.analysis"
+
+    n_boot: int  # bootstrap resamples for the participant-level intervals
+    seed: int
+    confidence: float  # of every interval
+
+
+def wilson(k: int, n: int, confidence: float) -> tuple[float, float]:
     """Wilson score interval of k successes in n trials (NaN when n is 0)."""
     if n == 0:
         return float("nan"), float("nan")
@@ -127,9 +140,8 @@ def _boot_means(values: np.ndarray, rng: np.random.Generator, n_boot: int) -> np
 
 
 def relative_gain(
-    treated: np.ndarray, control: np.ndarray, *, n_boot: int = 2000, seed: int = 0,
-    confidence: float = 0.95,
-) -> tuple[float, float, float]:  # fmt: skip
+    treated: np.ndarray, control: np.ndarray, *, n_boot: int, seed: int, confidence: float
+) -> tuple[float, float, float]:
     """mean(treated) / mean(control) - 1 over participants' accuracies, with a percentile
     bootstrap interval (participants resampled within each group)."""
     treated, control = np.asarray(treated, float), np.asarray(control, float)
@@ -262,13 +274,17 @@ def _plot(curves: pd.DataFrame, test_table: pd.DataFrame, path: Path, title: str
 def analyse(
     responses: pd.DataFrame | str | os.PathLike | Iterable,
     out_dir: str | os.PathLike,
+    settings: AnalysisSettings | Mapping | None = None,
     *,
-    n_boot: int = 2000,
-    seed: int = 0,
-    confidence: float = 0.95,
     title: str = "",
 ) -> pd.DataFrame:
-    """Write the analysis folder (see the module docstring); return `test_accuracy`."""
+    """Write the analysis folder (see the module docstring); return `test_accuracy`.
+
+    `settings`: an `AnalysisSettings` or its config section (missing keys: the schema's
+    defaults)."""
+    if not isinstance(settings, AnalysisSettings):
+        settings = AnalysisSettings.from_config(settings)
+    n_boot, seed, confidence = settings.n_boot, settings.seed, settings.confidence
     df = responses if isinstance(responses, pd.DataFrame) else read_responses(responses)
     if "catch" not in df.columns:
         df = df.assign(catch=0)

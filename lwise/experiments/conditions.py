@@ -11,8 +11,9 @@ MorganBDT/L-WISE, `psych_code/experiment_files/{idaea4,ham4}_learn_10/config.yam
 - `select_shuffle`, `enhance_shuffle`: the same trials as `select`/`enhance`, their training
   blocks mixed so the curriculum order is lost (the reference's `combine_and_shuffle`).
 
-The reference configs list 7 condition slots with `control` twice, so Control has probability
-2/7 (`DEFAULT_WEIGHTS`).
+The reference configs list 7 condition slots (natural, natural, select, select-shuffle,
+enhance, enhance-shuffle, L-WISE), `control` twice, so Control has probability 2/7: the
+schema's default of `experiments.conditions`.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ __all__ = [
     "Condition",
     "CONDITIONS",
     "CONTROL",
-    "DEFAULT_WEIGHTS",
     "get_condition",
     "assign_conditions",
 ]
@@ -64,15 +64,6 @@ CONDITIONS: dict[str, Condition] = {
         Condition("lwise", select=True, enhance=True, shuffle=False, label="L-WISE"),
     )
 }
-# Reference slots: natural, natural, select, select-shuffle, enhance, enhance-shuffle, L-WISE.
-DEFAULT_WEIGHTS = {
-    CONTROL: 2,
-    "select": 1,
-    "select_shuffle": 1,
-    "enhance": 1,
-    "enhance_shuffle": 1,
-    "lwise": 1,
-}
 
 
 def get_condition(name: str) -> Condition:
@@ -100,10 +91,10 @@ def _check_weights(weights: Mapping[str, float]) -> dict[str, float]:
 
 def assign_conditions(
     participants: Sequence[str],
-    weights: Mapping[str, float] = DEFAULT_WEIGHTS,
+    weights: Mapping[str, float],
     *,
-    method: str = "blocked",
-    seed: int = 0,
+    method: str,
+    seed: int,
 ) -> list[str]:
     """The condition of each participant, in order.
 

@@ -38,11 +38,12 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
+from lwise.core.config import Section
 from lwise.core.keys import NATURAL, format_eps
 from lwise.experiments.conditions import Condition, get_condition
 
@@ -83,50 +84,29 @@ class CurriculumError(ValueError):
     """The images cannot fill the design; the message names the class, split and block."""
 
 
-def _from_dict(cls, cfg: Mapping | None):
-    cfg = dict(cfg or {})
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(cfg) - known)
-    if unknown:
-        raise ValueError(f"{cls.__name__}: unknown setting(s) {unknown}; valid: {sorted(known)}")
-    for key in ("max_difficulty", "epsilon_taper"):
-        if key in cfg:
-            cfg[key] = tuple(float(v) for v in cfg[key])
-    return cls(**cfg)
-
-
 @dataclass(frozen=True)
-class LearningDesign:
-    """Settings of the learning design (defaults: the reference ham4/idaea4 configs)."""
+class LearningDesign(Section):
+    """Settings of the learning design, the `experiments.learning` config section (defaults:
+    the reference ham4/idaea4 configs, in schemas/config.schema.yaml):
+    `LearningDesign.from_config({"training_blocks": 4})`."""
 
-    training_blocks: int = 8
-    trials_per_class: int = 4
-    max_difficulty: tuple[float, ...] = (0.10, 0.25, 0.40, 0.55, 0.70, 0.85)  # then 1.0
-    epsilon_taper: tuple[float, ...] = (8.0, 4.0, 2.0, 1.0, 0.5, 0.25)  # then natural
-    test_blocks: int = 2
-    test_per_class: int = 5
-    train_split: str = "train"
-    test_split: str = "val"
-    repeats: bool = False
-    catch_trial: bool = True
-    stimulus_duration_ms: int = 0  # 0: the image stays until the response
+    SECTION = "experiments.learning"
 
-    @classmethod
-    def from_dict(cls, cfg: Mapping | None) -> LearningDesign:
-        return _from_dict(cls, cfg)
+    training_blocks: int
+    trials_per_class: int
+    max_difficulty: tuple[float, ...]  # per training block; later blocks 1.0
+    epsilon_taper: tuple[float, ...]  # per training block; later blocks natural
+    test_blocks: int
+    test_per_class: int
+    train_split: str
+    test_split: str
+    repeats: bool
+    catch_trial: bool
+    stimulus_duration_ms: int  # 0: the image stays until the response
 
-    def __post_init__(self) -> None:
-        for name in ("training_blocks", "trials_per_class", "test_per_class"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"learning.{name} must be >= 1, got {getattr(self, name)}")
-        if self.test_blocks < 0 or self.stimulus_duration_ms < 0:
-            raise ValueError("learning.test_blocks and stimulus_duration_ms must be >= 0")
-        bad = [f for f in self.max_difficulty if not 0 < f <= 1]
-        if bad:
-            raise ValueError(f"learning.max_difficulty: fractions must be in (0, 1], got {bad}")
-        bad = [e for e in self.epsilon_taper if not e >= 0]
-        if bad:
-            raise ValueError(f"learning.epsilon_taper: epsilons must be >= 0, got {bad}")
+    def __post_init__(self) -> None:  # YAML gives lists; tuples keep the settings hashable
+        for name in ("max_difficulty", "epsilon_taper"):
+            object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
 
     def block_fraction(self, block: int, condition: Condition) -> float:
         """The largest difficulty fraction allowed in training block `block` (1-based)."""
@@ -254,7 +234,7 @@ def learning_trials(
     *,
     objective: str | None,
     available_eps: Sequence[float],
-    seed: int = 0,
+    seed: int,
 ) -> pd.DataFrame:
     """One participant's trial list in the learning design.
 

@@ -4,11 +4,12 @@ main block with calibration trials and a short presentation time, per participan
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
+from lwise.core.config import Section
 from lwise.core.keys import NATURAL, parse_set
 from lwise.experiments.curriculum import (
     CurriculumError,
@@ -16,7 +17,6 @@ from lwise.experiments.curriculum import (
     _classes,
     _draw,
     _finish,
-    _from_dict,
     _rows,
     participant_rng,
 )
@@ -25,30 +25,21 @@ CALIBRATION_SHAPES = ("circle", "triangle")
 
 
 @dataclass(frozen=True)
-class RecognitionDesign:
-    """Settings of the recognition design (defaults: the reference ImageNet animals config)."""
+class RecognitionDesign(Section):
+    """Settings of the recognition design, the `experiments.recognition` config section
+    (defaults: the reference ImageNet animals config, in schemas/config.schema.yaml)."""
 
-    screening_per_class: int = 2
-    screening_duration_ms: int = 200
-    warmup_per_class: int = 2
-    main_per_class: int = 16
-    calibration_trials: int = 30
-    duration_ms: int = 17
-    post_stimulus_ms: int = 200
-    screening_split: str = "train"
-    main_split: str = "val"
+    SECTION = "experiments.recognition"
 
-    @classmethod
-    def from_dict(cls, cfg: Mapping | None) -> RecognitionDesign:
-        return _from_dict(cls, cfg)
-
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, int) and value < 0:
-                raise ValueError(f"recognition.{f.name} must be >= 0, got {value}")
-        if self.main_per_class < 1:
-            raise ValueError("recognition.main_per_class must be >= 1")
+    screening_per_class: int
+    screening_duration_ms: int
+    warmup_per_class: int
+    main_per_class: int
+    calibration_trials: int
+    duration_ms: int
+    post_stimulus_ms: int
+    screening_split: str
+    main_split: str
 
 
 def recognition_trials(
@@ -59,7 +50,7 @@ def recognition_trials(
     *,
     sets: Sequence[str],
     calibration: Mapping[str, str],
-    seed: int = 0,
+    seed: int,
 ) -> pd.DataFrame:
     """One participant's trial list in the recognition design (condition `recognition`).
 

@@ -8,9 +8,12 @@ matches without the extension (`lwise.core.keys.image_key`).
 
 Output folder:
   participants.csv             participant, condition
-  trials.csv                   every participant's trials (the columns of `TRIAL_COLUMNS`)
+  trials.csv                   every participant's trials (the columns of `TRIAL_COLUMNS`, then
+                               `url`: where the version shown is on S3, whatever `images` is)
   trials/<participant>.csv     one participant's trial list (and `.json`, records)
   design.json                  the resolved settings, the epsilon shown per taper step, the sets
+  files.csv                    every file above with its size and MD5 (`page.write_listing`):
+                               what the publish_study rule uploads, and nothing else
   web/                         the static experiment: open web/index.html (file:// works) or
                                serve the folder; `?participant=<id>` picks the trial list
     index.html, experiment.js, style.css   copied from lwise/experiments/web
@@ -22,28 +25,30 @@ Output folder:
 
 `images`: "url" makes trials name the uploaded objects' URLs; "copy" copies the versions shown
 into web/images/ and names them by relative path (for a page used offline, or when the upload
-server does not outlive the run).
+server does not outlive the run); "auto" is "copy" when the natural set's URLs are on this
+machine (the workflow's local upload server, `upload.endpoint_url: local`), else "url".
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import os
-import re
-import shutil
+import urllib.parse
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pandas as pd
 
 from lwise.core.atomic import atomic_path
+from lwise.core.config import Section
 from lwise.core.keys import NATURAL, image_key, parse_set
 from lwise.data import dirmap
 from lwise.data.dirmap import csv_lines
-from lwise.experiments.conditions import DEFAULT_WEIGHTS, assign_conditions
+from lwise.experiments.conditions import assign_conditions
 from lwise.experiments.curriculum import (
     TRIAL_COLUMNS,
     CurriculumError,
@@ -51,18 +56,27 @@ from lwise.experiments.curriculum import (
     learning_trials,
     map_taper,
 )
+from lwise.experiments.page import (
+    WEB_ASSETS,
+    PageSettings,
+    copy_images,
+    records,
+    write_listing,
+    write_web,
+)
 from lwise.experiments.recognition import CALIBRATION_SHAPES, RecognitionDesign, recognition_trials
 
 log = logging.getLogger(__name__)
 
-__all__ = ["StudySettings", "PageSettings", "build_study", "WEB_ASSETS", "stem"]
-
-WEB_ASSETS = Path(__file__).parent / "web"
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
-_SVG = {
-    "circle": '<circle cx="50" cy="50" r="38" fill="#222"/>',
-    "triangle": '<polygon points="50,10 90,85 10,85" fill="#222"/>',
-}
+__all__ = [
+    "StudySettings",
+    "PageSettings",
+    "build_study",
+    "image_mode",
+    "on_this_machine",
+    "WEB_ASSETS",
+    "stem",
+]
 
 
 def stem(key: str) -> str:
@@ -71,73 +85,62 @@ def stem(key: str) -> str:
 
 
 @dataclass(frozen=True)
-class PageSettings:
-    """What the web page shows and how it times trials."""
+class StudySettings(Section):
+    """The `experiments` config section: `StudySettings.from_config({"participants": 7})`.
 
-    title: str = "Image categorisation study"
-    consent: str = (
-        "This study asks you to sort images into categories. It takes about 15 minutes. Your "
-        "responses are recorded without your name. You may stop at any time."
-    )
-    instructions: str = (
-        "Each trial shows one image. Click the button of its category (or press the number "
-        "key shown on it). In training blocks you are told whether you were right; in test "
-        "blocks you are not. Answer as accurately as you can."
-    )
-    fixation_ms: int = 500
-    feedback_ms: int = 1000
-    response_timeout_ms: int | None = 10000  # reference: 10 s to respond; null: no limit
-    post_stimulus_ms: int = 0  # blank after a timed presentation, before the buttons
-    post_endpoint: str | None = None  # the CSV is POSTed here (text/plain) at the end
-    keyboard: bool = True
+    Every default and check is in schemas/config.schema.yaml; the nested sections become
+    `LearningDesign`, `RecognitionDesign` and `PageSettings` (their own defaults filled in).
+    Keys of the section that only the workflow reads (`enabled`, `responses`, ...) are left out.
+    """
 
+    SECTION = "experiments"
 
-@dataclass(frozen=True)
-class StudySettings:
-    """The `experiments` config section (defaults in schemas/config.schema.yaml)."""
+    design: str  # learning | recognition
+    participants: int
+    participant_prefix: str
+    seed: int
+    conditions: Mapping[str, float]
+    assignment: str  # blocked | random
+    objective: str | None
+    images: str  # auto | url | copy
+    learning: LearningDesign
+    recognition: RecognitionDesign
+    page: PageSettings
 
-    design: str = "learning"
-    participants: int = 14
-    participant_prefix: str = "p"
-    seed: int = 0
-    conditions: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
-    assignment: str = "blocked"
-    objective: str | None = None
-    images: str = "url"
-    learning: LearningDesign = field(default_factory=LearningDesign)
-    recognition: RecognitionDesign = field(default_factory=RecognitionDesign)
-    page: PageSettings = field(default_factory=PageSettings)
-
-    @classmethod
-    def from_dict(cls, cfg: Mapping) -> StudySettings:
-        cfg = dict(cfg)
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(cfg) - known)
-        if unknown:
-            raise ValueError(f"experiments: unknown setting(s) {unknown}; valid: {sorted(known)}")
-        page = dict(cfg.pop("page", None) or {})
-        bad = sorted(set(page) - set(PageSettings.__dataclass_fields__))
-        if bad:
-            raise ValueError(f"experiments.page: unknown setting(s) {bad}")
-        learning = LearningDesign.from_dict(cfg.pop("learning", None))
-        recognition = RecognitionDesign.from_dict(cfg.pop("recognition", None))
-        out = cls(learning=learning, recognition=recognition, page=PageSettings(**page), **cfg)
-        if out.design not in ("learning", "recognition"):
-            raise ValueError(f"experiments.design {out.design!r}: expected learning or recognition")
-        if out.images not in ("url", "copy"):
-            raise ValueError(f"experiments.images {out.images!r}: expected url or copy")
-        if out.participants < 1:
-            raise ValueError("experiments.participants must be >= 1")
-        if not _ID.match(out.participant_prefix + "0"):
-            raise ValueError(
-                f"experiments.participant_prefix {out.participant_prefix!r}: letters, digits, "
-                "'_' and '-' only"
-            )
-        return out
+    def __post_init__(self) -> None:
+        for name, cls in (
+            ("learning", LearningDesign),
+            ("recognition", RecognitionDesign),
+            ("page", PageSettings),
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, cls):
+                object.__setattr__(self, name, cls.from_config(value))
+        object.__setattr__(self, "conditions", dict(self.conditions))
 
     def participant_ids(self) -> list[str]:
         width = max(3, len(str(self.participants)))
         return [f"{self.participant_prefix}{i:0{width}d}" for i in range(1, self.participants + 1)]
+
+
+def on_this_machine(url: str) -> bool:
+    """Whether `url` names a loopback host (localhost, 127.0.0.0/8, ::1)."""
+    host = urllib.parse.urlsplit(url).hostname or ""
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def image_mode(settings: StudySettings, urls: Mapping[str, str]) -> str:
+    """`settings.images`, with "auto" resolved: "copy" when any of `urls` (the natural set's,
+    key -> URL) is on this machine, since the workflow's local upload server (upload.endpoint_url
+    local, on 127.0.0.1) stops with the run and its URLs die with it; else "url"."""
+    if settings.images != "auto":
+        return settings.images
+    return "copy" if any(on_this_machine(u) for u in urls.values()) else "url"
 
 
 # --- inputs --------------------------------------------------------------------------------------
@@ -212,72 +215,6 @@ def _versions(
     return urls, files, natural_keys
 
 
-# --- outputs -------------------------------------------------------------------------------------
-
-
-def _copy_images(trials: pd.DataFrame, files: Mapping[str, Mapping[str, Path]], web: Path) -> None:
-    for (set_name, key), first in (
-        trials.groupby(["set", "key"], sort=False)
-        .head(1)
-        .set_index(["set", "key"])["stimulus"]
-        .items()
-    ):
-        if set_name == "calibration":
-            continue
-        src = files[set_name][key]
-        if not src.is_file():
-            raise CurriculumError(
-                f"image {key!r} of set {set_name!r}: file {src} not found (images: copy reads "
-                "the uploaded sets' local files)"
-            )
-        dest = web / first
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, dest)
-
-
-def _js(name: str, value: object) -> str:
-    # "</" escaped so no string can close a script element.
-    text = json.dumps(value, ensure_ascii=False, allow_nan=False).replace("</", "<\\/")
-    return f"window.{name} = {text};\n"
-
-
-def _records(df: pd.DataFrame) -> list[dict]:
-    out = json.loads(df.drop(columns=["key"]).to_json(orient="records"))
-    for r in out:
-        r["choices"] = r["choices"].split("|") if r["choices"] else []
-    return out
-
-
-def _write_web(
-    web: Path, settings: StudySettings, classes: list[str], per_participant, dataset: str
-) -> None:
-    for asset in ("index.html", "experiment.js", "style.css"):
-        shutil.copyfile(WEB_ASSETS / asset, web / asset)
-    page = asdict(settings.page)
-    study = {
-        "dataset": dataset,
-        "design": settings.design,
-        "classes": classes,
-        "participants": list(per_participant),
-        **page,
-    }
-    (web / "study.js").write_text(_js("LWISE_STUDY", study))
-    (web / "trials").mkdir(exist_ok=True)
-    for pid, trials in per_participant.items():
-        (web / "trials" / f"{pid}.js").write_text(
-            "window.LWISE_TRIALS = window.LWISE_TRIALS || {};\n"
-            + _js(f"LWISE_TRIALS[{json.dumps(pid)}]", _records(trials))
-        )
-    if settings.design == "recognition":
-        (web / "calibration").mkdir(exist_ok=True)
-        for shape in CALIBRATION_SHAPES:
-            (web / "calibration" / f"{shape}.svg").write_text(
-                '<svg xmlns="http://www.w3.org/2000/svg" width="224" height="224" '
-                f'viewBox="0 0 100 100"><rect width="100" height="100" fill="#888"/>'
-                f"{_SVG[shape]}</svg>\n"
-            )
-
-
 def build_study(
     difficulty_csv: str | os.PathLike,
     imagefolder: str | os.PathLike,
@@ -294,7 +231,7 @@ def build_study(
     -> its upload dirmap; each set's keys are relative to `stimuli_root/<set>`.
     """
     if not isinstance(settings, StudySettings):
-        settings = StudySettings.from_dict(settings)
+        settings = StudySettings.from_config(settings)
     difficulty_csv, stimuli_root = Path(difficulty_csv), Path(stimuli_root)
     images = _images(difficulty_csv, Path(imagefolder))
     urls, files, natural_keys = _versions(uploads, stimuli_root)
@@ -317,7 +254,8 @@ def build_study(
         )
     available = sorted(e for o, e in enhanced.values() if o == objective)
 
-    if settings.images == "copy":
+    mode = image_mode(settings, urls[NATURAL])
+    if mode == "copy":
         versions = {
             n: {k: f"images/{n}/{k}{PurePosixPath(str(p)).suffix}" for k, p in table.items()}
             for n, table in files.items()
@@ -344,11 +282,17 @@ def build_study(
                 images, versions, settings.recognition, pid, sets=sets, calibration=calibration,
                 seed=settings.seed,
             )  # fmt: skip
+    for trials in per.values():  # where each version shown is on S3, in either mode
+        trials["url"] = [
+            urls.get(set_name, {}).get(key, "")
+            for set_name, key in zip(trials["set"], trials["key"], strict=True)
+        ]
     everything = pd.concat(per.values(), ignore_index=True)
 
     design = {
         "dataset": dataset,
         "settings": json.loads(json.dumps(asdict(settings), default=list)),
+        "images": mode,
         "objective": objective,
         "available_eps": available,
         "taper_shown": dict(
@@ -370,18 +314,21 @@ def build_study(
         for pid, trials in per.items():
             trials.drop(columns=["key"]).to_csv(tmp / "trials" / f"{pid}.csv", index=False)
             (tmp / "trials" / f"{pid}.json").write_text(
-                json.dumps(_records(trials), indent=1, ensure_ascii=False) + "\n"
+                json.dumps(records(trials), indent=1, ensure_ascii=False) + "\n"
             )
         everything.drop(columns=["key"]).to_csv(tmp / "trials.csv", index=False)
         everything.groupby("participant", sort=False)["condition"].first().reset_index().to_csv(
             tmp / "participants.csv", index=False
         )
         (tmp / "design.json").write_text(json.dumps(design, indent=1) + "\n")
-        _write_web(web, settings, classes, per, dataset)
-        if settings.images == "copy":
-            _copy_images(everything, files, web)
+        write_web(web, settings.page, per, dataset=dataset, design=settings.design,
+                  classes=classes)  # fmt: skip
+        if mode == "copy":
+            copy_images(everything, files, web)
+        listing = write_listing(tmp)
     log.info(
-        "study %s: %d participant(s), %d trials, design %s, objective %s, epsilons %s",
-        out_dir, len(per), len(everything), settings.design, objective, available,
+        "study %s: %d participant(s), %d trials, design %s, objective %s, epsilons %s, images "
+        "%s; %d files", out_dir, len(per), len(everything), settings.design, objective,
+        available, mode, len(listing),
     )  # fmt: skip
-    return everything[list(TRIAL_COLUMNS)]
+    return everything[[*TRIAL_COLUMNS, "url"]]

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-__all__ = ["RUN_KEYS", "outputs", "source", "study_settings", "responses"]
+__all__ = ["RUN_KEYS", "STUDY_SET", "outputs", "source", "study_settings", "responses"]
 
 # Keys of the `experiments` section that are not settings of lwise.experiments.study.
-RUN_KEYS = ("enabled", "images", "responses", "simulation", "analysis")
+RUN_KEYS = ("enabled", "publish", "responses", "simulation", "analysis")
+# The `{set}` of the upload templates for the published study, and its folder under upload/.
+STUDY_SET = "study"
 
 
 def source(config: Mapping, dataset: str) -> str:
@@ -19,23 +21,24 @@ def source(config: Mapping, dataset: str) -> str:
 
 
 def outputs(config: Mapping, dataset: str) -> list[str]:
-    """What `rule all` builds for a dataset: the study and its analysis (none when disabled)."""
-    if not config["experiments"]["enabled"]:
+    """What `rule all` builds for a dataset: the study, its analysis and, with `publish`, the
+    manifest of its upload (none when disabled)."""
+    cfg = config["experiments"]
+    if not cfg["enabled"]:
         return []
-    return [
+    out = [
         f"results/{dataset}/experiments/study",
         f"results/{dataset}/experiments/analysis_{source(config, dataset)}",
     ]
+    if cfg["publish"]:
+        out.append(f"results/{dataset}/upload/{STUDY_SET}/manifest.csv")
+    return out
 
 
 def study_settings(config: Mapping) -> dict:
-    """The study settings, with `images: auto` resolved: a local upload server lives only for
-    the run, so its URLs would be dead when the page is used; the images are copied instead."""
-    cfg = config["experiments"]
-    images = cfg["images"]
-    if images == "auto":
-        images = "copy" if config["upload"]["endpoint_url"] == "local" else "url"
-    return {**{k: v for k, v in cfg.items() if k not in RUN_KEYS}, "images": images}
+    """The settings of the study itself (so changing the analysis does not rebuild it);
+    `images: auto` is resolved by `lwise.experiments.study.image_mode` from the URLs."""
+    return {k: v for k, v in config["experiments"].items() if k not in RUN_KEYS}
 
 
 def responses(config: Mapping, dataset: str, kind: str) -> str:

@@ -20,7 +20,7 @@ import mimetypes
 import os
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,12 +124,13 @@ class UploadConfig(Section):
 
 @dataclass(frozen=True)
 class UploadStats:
-    """What one `upload_image_set` call did."""
+    """What one `upload_image_set` or `upload_files` call did."""
 
     bucket: str
     prefix: str
     uploaded: int
     skipped: int
+    region: str
 
 
 # --- S3 calls ------------------------------------------------------------------------------------
@@ -271,12 +272,20 @@ def _remote_etags(client, bucket: str, prefix: str) -> dict[str, str]:
 
 
 def _put_if_changed(
-    client, bucket: str, key: str, path: Path, etag: str | None, extra: dict
+    client,
+    bucket: str,
+    key: str,
+    path: Path,
+    etag: str | None,
+    extra: dict,
+    *,
+    content_type: str | None = None,
 ) -> bool:
     """Upload one file unless the object already holds the same bytes; True if uploaded.
 
     put_object sends a single part, whose ETag is the MD5 of the bytes, except under SSE-KMS;
-    the MD5 is therefore also stored as metadata and checked when the ETag differs.
+    the MD5 is therefore also stored as metadata and checked when the ETag differs. The
+    Content-Type is `content_type`, else guessed from the key's extension.
     """
     data = path.read_bytes()
     digest = hashlib.md5(data, usedforsecurity=False)
@@ -292,7 +301,7 @@ def _put_if_changed(
         Key=key,
         Body=data,
         ContentMD5=base64.b64encode(digest.digest()).decode(),
-        ContentType=mimetypes.guess_type(key)[0] or "application/octet-stream",
+        ContentType=content_type or mimetypes.guess_type(key)[0] or "application/octet-stream",
         Metadata={"md5": md5},
         **extra,
     )
@@ -311,6 +320,89 @@ def _object_keys(df: pd.DataFrame, source: Path, prefix: str) -> pd.Series:
             f"(no '..', no drive) at line(s) {csv_lines(df, bad)}"
         )
     return object_keys
+
+
+def upload_files(
+    files: Sequence[tuple[str, Path, str]],
+    cfg: UploadConfig,
+    *,
+    session: boto3.Session | None = None,
+    content_type: Callable[[str], str] | None = None,
+    unit: str = "file",
+) -> UploadStats:
+    """Upload local files to `cfg`'s bucket, skipping objects that already hold the same bytes.
+
+    `files`: (object key, local file, what an error names) per file; keys should lie under
+    `cfg.prefix`, whose listing tells which objects are already in place. `content_type(key)`
+    gives each object's Content-Type (default: guessed from the extension). The bucket is
+    created if missing; credentials, retries and errors as in `upload_image_set`.
+    """
+    bucket, prefix = cfg.bucket_name, cfg.prefix
+    session = session or boto3.Session()
+    if session.get_credentials() is None:
+        raise S3CredentialsError(
+            f"no AWS credentials found for bucket {bucket!r}; {CREDENTIALS_HINT}"
+        )
+    region = cfg.region or session.region_name or US_EAST_1
+    client = _client(session, cfg, region)
+    _ensure_bucket(client, bucket, region, cfg)
+    try:
+        etags = _remote_etags(client, bucket, prefix)
+    except (ClientError, BotoCoreError) as err:
+        raise _explain(err, bucket, "ListBucket") from err
+
+    extra: dict = {}
+    if cfg.public_read:
+        extra["ACL"] = "public-read"
+    if cfg.sse:
+        extra["ServerSideEncryption"] = cfg.sse
+    if cfg.kms_key_id:
+        extra["SSEKMSKeyId"] = cfg.kms_key_id
+
+    def send(i: int) -> bool:
+        key, path, where = files[i]
+        kind = content_type(key) if content_type else None
+        try:
+            return _retrying(
+                lambda: _put_if_changed(
+                    client, bucket, key, path, etags.get(key), extra, content_type=kind
+                ),
+                attempts=cfg.retries,
+                backoff=cfg.backoff_s,
+                what=where,
+            )
+        except OSError as err:
+            raise S3UploadError(f"{where}: cannot read the {unit}: {err}") from err
+        except (ClientError, BotoCoreError) as err:
+            raise _explain(err, bucket, "PutObject", where) from err
+
+    log.info(
+        "uploading %d %s(s) to bucket %s, prefix %r, endpoint %s",
+        len(files),
+        unit,
+        bucket,
+        prefix,
+        cfg.endpoint_url or "AWS",
+    )
+    uploaded = skipped = 0
+    pool = ThreadPoolExecutor(max_workers=cfg.max_workers)
+    try:
+        with progress(total=len(files), unit=unit, desc=f"s3://{bucket}/{prefix}") as bar:
+            for future in as_completed([pool.submit(send, i) for i in range(len(files))]):
+                if future.result():
+                    uploaded += 1
+                else:
+                    skipped += 1
+                bar.update()
+    except BaseException:
+        log.error("upload stopped after %d upload(s); a rerun skips what was sent", uploaded)
+        raise
+    finally:
+        # On failure drop the queued uploads instead of sending them after the error.
+        pool.shutdown(wait=True, cancel_futures=True)
+
+    log.info("bucket %s: %d uploaded, %d already present", bucket, uploaded, skipped)
+    return UploadStats(bucket, prefix, uploaded, skipped, region)
 
 
 def upload_image_set(
@@ -335,73 +427,17 @@ def upload_image_set(
     for out in (out_csv, out_json):
         if Path(out).resolve() == dirmap_csv.resolve():
             raise ValueError(f"{out}: the output must not overwrite the input dirmap")
-    bucket, prefix = cfg.bucket_name, cfg.prefix
     df = dirmap.read(dirmap_csv, check_files=False)
-    keys = _object_keys(df, dirmap_csv, prefix)
+    keys = _object_keys(df, dirmap_csv, cfg.prefix)
     missing = dirmap.problems(df, image_root)
     if missing:
         raise dirmap.DirmapError(f"{dirmap_csv}: " + "; ".join(missing))
 
-    session = session or boto3.Session()
-    if session.get_credentials() is None:
-        raise S3CredentialsError(
-            f"no AWS credentials found for bucket {bucket!r}; {CREDENTIALS_HINT}"
-        )
-    region = cfg.region or session.region_name or US_EAST_1
-    client = _client(session, cfg, region)
-    _ensure_bucket(client, bucket, region, cfg)
-    try:
-        etags = _remote_etags(client, bucket, prefix)
-    except (ClientError, BotoCoreError) as err:
-        raise _explain(err, bucket, "ListBucket") from err
-
-    extra: dict = {}
-    if cfg.public_read:
-        extra["ACL"] = "public-read"
-    if cfg.sse:
-        extra["ServerSideEncryption"] = cfg.sse
-    if cfg.kms_key_id:
-        extra["SSEKMSKeyId"] = cfg.kms_key_id
-
-    def send(i: int) -> bool:
-        key, where = keys.iloc[i], f"{dirmap_csv}: line {i + 2} ({df['im_path'].iloc[i]})"
-        try:
-            return _retrying(
-                lambda: _put_if_changed(
-                    client, bucket, key, image_root / df["im_path"].iloc[i], etags.get(key), extra
-                ),
-                attempts=cfg.retries,
-                backoff=cfg.backoff_s,
-                what=where,
-            )
-        except OSError as err:
-            raise S3UploadError(f"{where}: cannot read the image: {err}") from err
-        except (ClientError, BotoCoreError) as err:
-            raise _explain(err, bucket, "PutObject", where) from err
-
-    log.info(
-        "uploading %d image(s) to bucket %s, prefix %r, endpoint %s",
-        len(df),
-        bucket,
-        prefix,
-        cfg.endpoint_url or "AWS",
-    )
-    uploaded = skipped = 0
-    pool = ThreadPoolExecutor(max_workers=cfg.max_workers)
-    try:
-        with progress(total=len(df), unit="img", desc=f"s3://{bucket}/{prefix}") as bar:
-            for future in as_completed([pool.submit(send, i) for i in range(len(df))]):
-                if future.result():
-                    uploaded += 1
-                else:
-                    skipped += 1
-                bar.update()
-    except BaseException:
-        log.error("upload stopped after %d upload(s); a rerun skips what was sent", uploaded)
-        raise
-    finally:
-        # On failure drop the queued uploads instead of sending them after the error.
-        pool.shutdown(wait=True, cancel_futures=True)
+    files = [
+        (key, image_root / im_path, f"{dirmap_csv}: line {i + 2} ({im_path})")
+        for i, (key, im_path) in enumerate(zip(keys, df["im_path"], strict=True))
+    ]
+    stats = upload_files(files, cfg, session=session, unit="image")
 
     # im_path stays resolvable from the new CSV's folder; the object key is kept beside it.
     local = df["im_path"].map(lambda p: str(image_root / p))
@@ -410,9 +446,9 @@ def upload_image_set(
         s3_key=keys,
         url=[
             object_url(
-                bucket,
+                stats.bucket,
                 key,
-                region=region,
+                region=stats.region,
                 endpoint_url=cfg.endpoint_url,
                 addressing_style=cfg.addressing_style,
             )
@@ -423,5 +459,4 @@ def upload_image_set(
     # Through pandas for NaN -> null and numpy scalars, re-dumped to keep '/' unescaped in URLs.
     records = json.loads(out.to_json(orient="records"))
     write_text(json.dumps(records, indent=1, ensure_ascii=False) + "\n", out_json)
-    log.info("bucket %s: %d uploaded, %d already present", bucket, uploaded, skipped)
-    return UploadStats(bucket=bucket, prefix=prefix, uploaded=uploaded, skipped=skipped)
+    return stats

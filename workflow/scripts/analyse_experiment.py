@@ -5,6 +5,6 @@ with script_logging(snakemake.log[0]):
     analyse(
         snakemake.input.responses,
         snakemake.output[0],
+        snakemake.params.analysis,
         title=f"{snakemake.wildcards.dataset}:",
-        **snakemake.params.analysis,
     )

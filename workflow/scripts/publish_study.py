@@ -1,0 +1,17 @@
+from lwise.core.logs import script_logging
+from lwise.publish.s3 import UploadConfig
+from lwise.publish.s3local import session_for
+from lwise.publish.site import publish_site
+
+with script_logging(snakemake.log[0]):
+    publish_site(
+        snakemake.input[0],
+        UploadConfig.from_config(
+            snakemake.params.upload,
+            endpoint_url=snakemake.params.endpoint,
+            fields={"dataset": snakemake.wildcards.dataset, "set": snakemake.params.name},
+        ),
+        snakemake.output.csv,
+        snakemake.output.json,
+        session=session_for(snakemake.params.upload["endpoint_url"]),
+    )
