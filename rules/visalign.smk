@@ -5,8 +5,11 @@
 import re
 
 from lwise.alignment.visalign import workflow as visalign
+from lwise.alignment.visalign.settings import check_training
 
 FINAL_OUTPUTS.append(lambda dataset: visalign.outputs(config, DATASETS, dataset))
+# Training settings of the baselines (visalign.train, models.<m>.train) checked when parsed.
+check_training(config["visalign"])
 
 
 wildcard_constraints:

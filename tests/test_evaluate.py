@@ -398,9 +398,7 @@ def test_trials_must_match_the_stimulus_sets(data, tmp_path):
     with pytest.raises(AlignmentDataError, match=r"bad\.csv: column 'condition'"):
         run(data, bad, tmp_path / "out")
     humans.write_trials(trials.assign(image="val/ant/nope.png"), bad)
-    with pytest.raises(
-        AlignmentDataError, match=r"\['val/ant/nope\.png'\] not in stimulus set"
-    ):
+    with pytest.raises(AlignmentDataError, match=r"\['val/ant/nope\.png'\] not in stimulus set"):
         run(data, bad, tmp_path / "out")
     humans.write_trials(trials[trials["condition"] != "natural"], bad)
     with pytest.raises(AlignmentDataError, match="no trials in condition 'natural'"):
@@ -424,6 +422,28 @@ def test_probabilities_must_cover_classes_and_images(data, tmp_path):
         run(data, trials_csv, tmp_path / "out", probabilities_csv=bad, key_root=data["key_root"])
 
 
+def test_a_method_that_runs_the_model_needs_the_guide_model(data, tmp_path):
+    trials_csv = tmp_path / "trials.csv"
+    deterministic_trials(data, trials_csv)
+    inputs = dict(key_root=data["key_root"], probabilities_csv=data["probabilities"])
+    cfg = evaluation(folds=5, n_boot=20, analyses=["visalign"], abstention="odin")
+    args = (data["natural"], set_dirmaps(data), trials_csv, tmp_path / "out", cfg)
+    with pytest.raises(AlignmentDataError, match=r"'odin' runs the guide model, but none was"):
+        evaluate.evaluate_alignment(*args, logit_column=LOGIT, **inputs)
+    with pytest.raises(AlignmentDataError, match=r"nope\.pt: guide model not found"):
+        evaluate.evaluate_alignment(
+            *args, logit_column=LOGIT, guide_model=tmp_path / "nope.pt", **inputs,
+            train_dirmap_csv=data["key_root"] / "dirmap.csv",
+        )  # fmt: skip
+    assert not (tmp_path / "out").exists()
+    # msp needs no model: a guide model given is not even read.
+    cfg = evaluation(folds=5, n_boot=20, analyses=["visalign"])
+    tables = evaluate.evaluate_alignment(
+        *args[:4], cfg, logit_column=LOGIT, guide_model=tmp_path / "nope.pt", **inputs
+    )
+    assert len(tables["visalign_images"]) == len(CLASSES) * N_VAL
+
+
 # --- pure pieces --------------------------------------------------------------------------------
 
 
@@ -434,9 +454,7 @@ def test_visalign_zero_distance_and_reliability():
         {"image": ["i1", "i2"], "x": [0.81, 0.0], "y": [0.09, 0.0], "abstain": [0.1, 1.0]}
     )
     images = pd.DataFrame({"class": ["x", "y"], "split": ["val", "val"]}, index=["i1", "i2"])
-    per_image, summary = visalign(
-        human, probs, images, ["x", "y"], costs=(0, 2), abstention="msp"
-    )
+    per_image, summary = visalign(human, probs, images, ["x", "y"], costs=(0, 2), abstention="msp")
     assert per_image["hellinger"].iloc[0] == pytest.approx(0, abs=1e-12)
     assert 0 < per_image["hellinger"].iloc[1] < 1
     assert per_image["model_decision"].tolist() == ["x", "abstain"]

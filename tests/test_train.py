@@ -15,7 +15,15 @@ from conftest import SMALL_TRAIN
 from lwise.core.config import ConfigError
 from lwise.guide.checkpoints import load_model, save_checkpoint
 from lwise.guide.models import build_model
-from lwise.guide.train import TrainConfig, _attack, lr_multiplier, run_training, train
+from lwise.guide.train import (
+    TrainConfig,
+    _attack,
+    _optimizer,
+    _step_schedule,
+    lr_multiplier,
+    run_training,
+    train,
+)
 
 
 def settings(**overrides) -> TrainConfig:
@@ -40,6 +48,7 @@ def test_training_config_defaults_come_from_the_schema():
     # robustness/defaults.py (ImageNet) as L-WISE fills them in.
     assert (cfg.arch, cfg.lr, cfg.momentum, cfg.weight_decay) == ("resnet50", 0.1, 0.9, 1e-4)
     assert (cfg.eps, cfg.attack_steps, cfg.attack_lr, cfg.constraint) == (3.0, 7, 0.5, "2")
+    assert (cfg.optimizer, cfg.schedule) == ("sgd", "step")
     assert cfg.mean == (0.485, 0.456, 0.406) and cfg.milestones == ()
     assert TrainConfig.from_dict(SMALL_TRAIN) == TrainConfig.from_config(SMALL_TRAIN)
 
@@ -53,11 +62,86 @@ def test_training_config_defaults_come_from_the_schema():
         ({"constraint": 2}, r"guide\.train\.constraint 2"),
         ({"epoch": 3}, r"'epoch' was unexpected"),
         ({"milestones": [[3]]}, r"guide\.train\.milestones\.0 \[3\]"),
+        ({"optimizer": "adam"}, r"guide\.train\.optimizer 'adam'"),
+        ({"plateau_factor": 1.5}, r"guide\.train\.plateau_factor 1\.5"),
     ],
 )
 def test_training_config_errors_name_the_key_and_value(bad, message):
     with pytest.raises(ConfigError, match=message):
         TrainConfig.from_config(bad)
+
+
+def test_adamw_and_the_plateau_schedule_are_visalign_s():
+    model = build_model("small_cnn", 10, [0.5] * 3, [0.25] * 3)
+    opt, sched = _optimizer(model, settings())  # the defaults: today's SGD
+    assert isinstance(opt, torch.optim.SGD) and opt.param_groups[0]["momentum"] == 0.9
+    assert isinstance(sched, torch.optim.lr_scheduler.LambdaLR)
+    cfg = settings(optimizer="adamw", lr=1e-5, weight_decay=0.01, schedule="plateau")
+    opt, sched = _optimizer(model, cfg)
+    group = opt.param_groups[0]
+    assert isinstance(opt, torch.optim.AdamW)
+    assert (group["lr"], group["weight_decay"], group["betas"], group["eps"]) == (
+        1e-5, 0.01, (0.9, 0.999), 1e-8,
+    )  # fmt: skip
+    # VisAlign's pl_model.py: mode min, factor 0.5, patience 10, cooldown 10, min_lr 1e-6.
+    assert isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau)
+    assert (sched.mode, sched.factor, sched.patience, sched.cooldown) == ("min", 0.5, 10, 10)
+    assert sched.min_lrs == [1e-6]
+    lrs = []
+    for loss in [1.0] * 40:  # never improves: a cut after 11 validations, then 10 of cooldown
+        _step_schedule(sched, {"train_loss": 0.5})  # an epoch without validation: no step
+        _step_schedule(sched, {"val_loss": loss})
+        lrs.append(opt.param_groups[0]["lr"])
+    cuts = [i + 1 for i in range(1, len(lrs)) if lrs[i] < lrs[i - 1]]
+    assert cuts == [12, 33] and lrs[-1] == pytest.approx(2.5e-6)
+    with pytest.raises(ValueError, match="plateau"):
+        lr_multiplier(cfg, 0)
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_plateau_schedule_resumes_where_it_was_killed(digits_folder, tmp_path, monkeypatch, caplog):
+    """A run killed after epoch 2 continues with the plateau's count of epochs without
+    improvement, so it cuts the learning rate where a run without the kill does."""
+    import lwise.guide.train as training
+
+    csv = _class_subset(digits_folder, tmp_path / "imagefolder", ["0", "1"])
+    # So small a learning rate that the validation loss never improves by the threshold.
+    cfg = TrainConfig.from_dict(
+        {**SMALL_TRAIN, "epochs": 4, "adversarial": False, "optimizer": "adamw", "lr": 1e-7,
+         "schedule": "plateau", "plateau_patience": 1, "plateau_cooldown": 1,
+         "plateau_min_lr": 0.0, "eval_every": 1}
+    )  # fmt: skip
+
+    def run(name):
+        out = tmp_path / name
+        train(csv, out / "model.pt", out / "metrics.csv", out / "state", cfg)
+        return pd.read_csv(out / "metrics.csv"), torch.load(out / "state/last.pt")
+
+    straight, state = run("straight")
+    real = training.save_state
+
+    def killed_after_epoch_2(last, key, epoch, *args):
+        real(last, key, epoch, *args)
+        if epoch == 2:
+            raise _Killed
+
+    monkeypatch.setattr(training, "save_state", killed_after_epoch_2)
+    with pytest.raises(_Killed):
+        run("killed")
+    monkeypatch.undo()
+    with caplog.at_level("INFO", logger="lwise.guide"):
+        resumed, resumed_state = run("killed")
+    assert "resuming after epoch 2" in caplog.text
+    # Epoch 1 sets the best loss, 2 and 3 miss it: a cut, which needs epoch 2's count.
+    assert straight["lr"].tolist() == pytest.approx([1e-7] * 3 + [5e-8], rel=1e-9)
+    pd.testing.assert_frame_equal(
+        resumed.drop(columns="seconds"), straight.drop(columns="seconds"), rtol=1e-6
+    )
+    assert resumed_state["scheduler"] == state["scheduler"]
+    assert state["kinds"] == ["AdamW", "ReduceLROnPlateau"]
 
 
 def test_torchrun_entry_point_checks_its_config_before_training(tmp_path):
@@ -307,3 +391,27 @@ def test_resume_state_of_another_class_count_is_discarded(tmp_path, caplog):
     with caplog.at_level("INFO", logger="lwise.guide"):
         assert load_state(last, key, *parts(3)) == ([], 0, -1.0)
     assert "no run key" in caplog.text
+
+
+def test_resume_state_of_another_optimizer_is_discarded(tmp_path, caplog):
+    """A state with this run's key written with another optimizer or schedule (by hand, or
+    before the run key knew them) is discarded with the reason, not loaded into the wrong one."""
+    from lwise.guide._resume import load_state, save_state
+
+    model = build_model("small_cnn", 3, [0.5] * 3, [0.25] * 3)
+    sgd = torch.optim.SGD(model.parameters(), lr=0.1)
+    key = {"settings": "s", "data": "d", "init_checkpoint": "none"}
+    last = tmp_path / "last.pt"
+    save_state(last, key, 2, model, sgd, torch.optim.lr_scheduler.LambdaLR(sgd, lambda e: 1.0),
+               [{"epoch": 2}], 0.5)  # fmt: skip
+    adamw = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(adamw)
+    with caplog.at_level("INFO", logger="lwise.guide"):
+        assert load_state(last, key, model, adamw, plateau) == ([], 0, -1.0)
+    assert "are SGD and LambdaLR, this run's AdamW and ReduceLROnPlateau" in caplog.text
+    plateau.step(1.0)
+    plateau.step(2.0)  # one validation without improvement
+    save_state(last, key, 2, model, adamw, plateau, [{"epoch": 2}], 0.5)
+    fresh = torch.optim.lr_scheduler.ReduceLROnPlateau(adamw)
+    assert load_state(last, key, model, adamw, fresh) == ([{"epoch": 2}], 2, 0.5)
+    assert (fresh.best, fresh.num_bad_epochs) == (1.0, 1)

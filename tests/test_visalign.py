@@ -13,8 +13,9 @@ from PIL import Image
 
 from lwise.alignment import abstention
 from lwise.alignment.abstention import ModelOutputs
-from lwise.alignment.visalign import report
-from lwise.alignment.visalign.settings import VisAlignConfig
+from lwise.alignment.analysis import EvaluationConfig
+from lwise.alignment.visalign import report, workflow
+from lwise.alignment.visalign.settings import VisAlignConfig, check_training
 from lwise.core.config import SCHEMA, ConfigError
 from lwise.data import definers, dirmap
 from lwise.data.visalign_layout import CLASSES, GOLD_COLUMNS, VisAlignLayoutError, read_gold
@@ -172,6 +173,53 @@ def test_settings_fill_nested_defaults_and_check_names():
         VisAlignConfig.from_config({"methods": ["msp", "energy"]})
     with pytest.raises(ConfigError, match="'seeds' is a dependency of 'arch'"):
         VisAlignConfig.from_config({"models": {"vit": {"arch": "vit_30_16"}}})
+
+
+def test_baselines_train_with_the_sections_settings_then_their_own():
+    config = {
+        "visalign": {
+            "train": {"optimizer": "adamw", "lr": 1e-5, "schedule": "plateau", "epochs": 9},
+            "models": {"vit": {"arch": "vit_30_16", "seeds": [45], "train": {"epochs": 3}}},
+        }
+    }
+    guide = {"arch": "small_cnn", "lr": 0.05, "adversarial": True, "image_size": 32}
+    got = workflow.train_settings(config, "vit", 45, guide)
+    assert got == {
+        "arch": "vit_30_16", "lr": 1e-5, "adversarial": False, "image_size": 32,
+        "optimizer": "adamw", "schedule": "plateau", "epochs": 3, "seed": 45,
+    }  # fmt: skip
+    check_training(config["visalign"])
+    config["visalign"]["train"]["optimiser"] = "adamw"
+    with pytest.raises(ConfigError, match=r"visalign.train: .*'optimiser' was unexpected"):
+        check_training(config["visalign"])
+    del config["visalign"]["train"]["optimiser"]
+    config["visalign"]["models"]["vit"]["train"]["schedule"] = "reduce"
+    with pytest.raises(ConfigError, match=r"visalign.models.vit.train: .*schedule 'reduce'"):
+        check_training(config["visalign"])
+
+
+def test_evaluation_reads_only_its_methods_settings():
+    section = VisAlignConfig.from_config({}).method_settings()
+    assert workflow.evaluation_settings({"visalign": section}, "knn") == {
+        "knn": {"k": 50}, "batch_size": 64,
+    }  # fmt: skip
+    assert workflow.evaluation_settings({"visalign": section}, "mcdropout").keys() == {
+        "mcdropout", "batch_size",
+    }  # fmt: skip
+
+
+def test_an_ensemble_in_the_alignment_evaluation_is_a_config_error():
+    with pytest.raises(
+        ConfigError,
+        match=r"evaluation.abstention 'deepensemble': a Deep Ensemble averages the softmaxes of "
+        r"several models, and the alignment evaluation has one",
+    ):
+        EvaluationConfig.from_config({"abstention": "deepensemble"})
+    assert not EvaluationConfig.from_config({}).needs_model  # msp: the softmax only
+    assert EvaluationConfig.from_config({"abstention": "odin"}).needs_model
+    assert not EvaluationConfig.from_config(
+        {"abstention": "odin", "analyses": ["difficulty"]}
+    ).needs_model
 
 
 # --- the VisAlign-layout definer ---------------------------------------------------------------

@@ -1,19 +1,27 @@
-"""VisAlign with models: the baselines, the seven methods on a model trained here, the DAG."""
+"""VisAlign with models: the baselines, the seven methods on a model trained here (in the
+visalign rules and in the alignment evaluation), the DAG."""
 
 from __future__ import annotations
+
+import re
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import run_workflow, tiny_config
+from conftest import core_config, run_workflow, tiny_config
 from test_workflow_dag import planned_jobs
 
+from lwise.alignment import abstention
+from lwise.alignment.analysis import EvaluationConfig
+from lwise.alignment.evaluate import evaluate_alignment
+from lwise.alignment.inputs import AlignmentDataError
 from lwise.alignment.visalign import baselines, scoring
 from lwise.alignment.visalign.settings import VisAlignConfig
 from lwise.alignment.visalign.testset import build_testset
 from lwise.data import dirmap
 from lwise.guide.models import build_model, head_name
+from lwise.guide.score import ScoringConfig, score
 
 SMALL = {"synthetic": {"per_category": 10}, "knn": {"k": 10}, "tapudd": {"components": 2}}
 
@@ -35,9 +43,14 @@ def test_paper_sizes_are_registered_as_named_in_the_paper():
 
 
 @pytest.fixture(scope="module")
-def scored(digits_folder, digits_model, tmp_path_factory):
+def visalign_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("visalign")
+
+
+@pytest.fixture(scope="module")
+def scored(digits_folder, digits_model, visalign_dir):
     """The synthetic test set of the digits and every method's scores, both rules."""
-    out = tmp_path_factory.mktemp("visalign")
+    out = visalign_dir
     cfg = VisAlignConfig.from_config(SMALL)
     test = build_testset("synthetic", digits_folder, out / "testset", synthetic=cfg.synthetic)
     tables = {}
@@ -121,6 +134,133 @@ def test_scores_cover_every_test_image(scored):
     assert t["image"].tolist() == test["im_path"].tolist()
     probs = t[[c for c in t.columns if c.startswith("p_")]].to_numpy()
     assert np.allclose(probs.sum(1), 1)
+
+
+# --- every single-model method inside the alignment evaluation --------------------------------
+
+# What one guide model can run: all but the Deep Ensemble.
+SINGLE_MODEL = [m for m, spec in abstention.ABSTENTION.items() if not spec.ensemble]
+
+
+def _evaluation_inputs(out, test, digits_folder, digits_model):
+    """An ImageFolder of the digits' training split and the synthetic test images (as its val
+    split), scored by the guide model like score_difficulty does; the test images are the
+    natural set, with one trial each and the test set's gold distributions as human labels."""
+    folder = out / "imagefolder"
+    folder.mkdir(parents=True)
+    (folder / "train").symlink_to(digits_folder / "train")
+    (folder / "test").symlink_to(out.parent / "testset")
+    rows = test.assign(im_path="test/" + test["im_path"], split="val")
+    far = rows["class"] == "abstain"  # no class of the task: spread over the digits
+    rows.loc[far, "class_num"] = np.arange(far.sum()) % 10
+    rows.loc[far, "class"] = rows.loc[far, "class_num"].astype(str)
+    train = dirmap.read(digits_folder / "dirmap.csv").query("split == 'train'")
+    rows = rows[train.columns.intersection(rows.columns)]
+    dirmap.write(pd.concat([train, rows], ignore_index=True), folder / "dirmap.csv")
+    d = out / "difficulty"
+    scored = score(
+        folder / "dirmap.csv", digits_model, d / "dirmap.csv", d / "accuracy.csv",
+        d / "confusion.png", d / "probabilities.csv", cfg=ScoringConfig.from_config({}),
+        workers=0, trusted=False,
+    )  # fmt: skip
+    natural = scored[scored["split"] == "val"].copy()
+    natural["im_path"] = natural["im_path"].str.removeprefix("../imagefolder/")
+    dirmap.write(natural, out / "natural" / "dirmap.csv", check_files=False)
+    pd.DataFrame(
+        {"participant": "p1", "image": natural["im_path"], "condition": "natural",
+         "response": natural["class"], "correct": 1}
+    ).to_csv(out / "trials.csv", index=False)  # fmt: skip
+    gold = test[[c for c in test.columns if c.startswith("gold_")]]
+    gold.columns = [c.removeprefix("gold_") for c in gold.columns]
+    gold.insert(0, "image", "test/" + test["im_path"])
+    gold.to_csv(out / "labels.csv", index=False)
+    return folder, pd.Series(test["category"].to_numpy(), index=gold["image"])
+
+
+def _evaluate(out, folder, method: str, train_csv="dirmap.csv", **kwargs):
+    return evaluate_alignment(
+        out / "natural" / "dirmap.csv", {}, out / "trials.csv", out / f"alignment_{method}",
+        EvaluationConfig.from_config({"analyses": ["visalign"], "abstention": method}),
+        logit_column="robust_gt_logit", key_root=folder,
+        probabilities_csv=out / "difficulty" / "probabilities.csv",
+        label_distributions_csv=out / "labels.csv", synthetic=True,
+        train_dirmap_csv=folder / train_csv, abstention_settings=SMALL, **kwargs,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def evaluated(scored, visalign_dir, digits_folder, digits_model):
+    """Per single-model method, the evaluation's per-image VisAlign table with its category."""
+    out = visalign_dir / "evaluation"
+    folder, category = _evaluation_inputs(out, scored[0], digits_folder, digits_model)
+    tables = {}
+    for method in SINGLE_MODEL:
+        per_image = _evaluate(out, folder, method, guide_model=digits_model)["visalign_images"]
+        tables[method] = per_image.assign(category=per_image["image"].map(category).to_numpy())
+    return out, folder, tables
+
+
+def test_every_single_model_method_runs_in_the_alignment_evaluation(evaluated):
+    _, _, tables = evaluated
+    for method, t in tables.items():
+        assert len(t) == 30 and t["category"].notna().all(), method
+        a = t["model_abstain_probability"]
+        assert ((a >= 0) & (a <= 1)).all() and a.std() > 0, method
+    for m1 in tables:  # each method decides differently
+        for m2 in tables:
+            a1, a2 = (tables[m]["model_abstain_probability"].to_numpy() for m in (m1, m2))
+            assert m1 == m2 or not np.allclose(a1, a2), (m1, m2)
+
+
+def test_evaluation_runs_the_same_methods_as_the_visalign_rules(evaluated, scored):
+    """One implementation: the evaluation's abstention probabilities are those of the visalign
+    rules' scores (the same model, training split, settings and images)."""
+    _, _, tables = evaluated
+    rules = scored[1]["aligned"].assign(image=lambda t: "test/" + t["image"]).set_index("image")
+    for method, t in tables.items():
+        s = rules.loc[t["image"], f"{method}_aligned"].to_numpy()
+        expected = abstention.from_collapsed(method, s, "aligned")
+        np.testing.assert_allclose(t["model_abstain_probability"], expected, atol=1e-5)
+
+
+def test_methods_abstain_where_they_should(evaluated):
+    _, _, tables = evaluated
+    mean = {m: t.groupby("category")["model_abstain_probability"].mean() for m, t in tables.items()}
+    hellinger = {m: t.groupby("category")["hellinger"].mean() for m, t in tables.items()}
+    for method, spec in abstention.ABSTENTION.items():
+        if method not in tables:
+            continue
+        if spec.kind == "distance":  # generated images of no digit are far from the training
+            assert mean[method][4] > mean[method][1] + 0.2, method
+            # ... where the softmax stays confident: closer to the gold answer (abstain)
+            assert mean[method][4] > mean["msp"][4] and hellinger[method][4] < hellinger["msp"][4]
+        else:  # corrupted digits are less certain than clean ones
+            assert mean[method][8] > mean[method][1], method
+
+
+def test_evaluation_errors_name_the_abstention_method(evaluated, digits_model):
+    out, folder, _ = evaluated
+    with pytest.raises(AlignmentDataError, match=r"evaluation.abstention 'knn' runs the guide"):
+        _evaluate(out, folder, "knn")  # no guide model given
+    dirmap.write(dirmap.read(folder / "dirmap.csv").query("split == 'val'"), folder / "val.csv")
+    with pytest.raises(AlignmentDataError, match=r"'mds': .*val.csv: no 'train' rows; mds fit"):
+        _evaluate(out, folder, "mds", train_csv="val.csv", guide_model=digits_model)
+
+
+def test_dag_gives_the_evaluation_the_model_and_a_gpu_for_model_methods(tmp_path):
+    config = core_config()
+    config["evaluation"]["abstention"] = "knn"
+    proc = run_workflow(tmp_path, config, "--dry-run", "results/digits/alignment_synthetic")
+    job = proc.stdout.split("rule evaluate_alignment:")[1].split("\n\n")[0]
+    assert "results/digits/guide/model.pt" in job and "gpu=1" in job
+    config["evaluation"]["abstention"] = "deepensemble"
+    proc = run_workflow(tmp_path, config, "--dry-run", check=False)
+    assert proc.returncode != 0
+    assert re.search(
+        r"evaluation.abstention 'deepensemble': a Deep Ensemble averages the softmaxes of "
+        r"several models, and the alignment evaluation has one",
+        proc.stdout + proc.stderr,
+    )
 
 
 def _dag_config() -> dict:

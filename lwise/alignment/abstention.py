@@ -82,6 +82,13 @@ class AbstentionMethod:
     collapse: Callable[[np.ndarray, str], np.ndarray]
     bounded: bool  # under `aligned`: already a probability, used as a without normalisation
     raw_from_softmax: bool = False  # the raw score is the plain softmax itself
+    ensemble: bool = False  # the raw scores combine several models (a model's seeds)
+
+    @property
+    def needs_model(self) -> bool:
+        """Its raw scores need the model itself (input gradients, features, dropout passes)
+        or several models, not only the softmax."""
+        return not self.raw_from_softmax
 
     def raw(self, outputs: ModelOutputs) -> np.ndarray:
         if self.raw_from_softmax:
@@ -89,7 +96,7 @@ class AbstentionMethod:
         if self.name not in outputs.raw:
             raise ValueError(
                 f"abstention method {self.name!r} needs the model's raw {self.name} scores "
-                "(lwise.alignment.visalign.scoring, run by the visalign rules); only the "
+                "(lwise.alignment.visalign.scoring.model_outputs); only the "
                 f"softmax{' and ' + ', '.join(sorted(outputs.raw)) if outputs.raw else ''} "
                 "was given"
             )
@@ -99,7 +106,9 @@ class AbstentionMethod:
 ABSTENTION: dict[str, AbstentionMethod] = {}
 
 
-def register_abstention(name: str, kind: str, *, bounded: bool, raw_from_softmax: bool = False):
+def register_abstention(
+    name: str, kind: str, *, bounded: bool, raw_from_softmax: bool = False, ensemble: bool = False
+):
     """Decorator: register `collapse(raw, rule) -> (n,)` as the method `name`."""
     if kind not in KINDS:
         raise ValueError(f"kind {kind!r}: expected one of {KINDS}")
@@ -107,7 +116,7 @@ def register_abstention(name: str, kind: str, *, bounded: bool, raw_from_softmax
     def deco(fn: Callable[[np.ndarray, str], np.ndarray]):
         if name in ABSTENTION:
             raise ValueError(f"abstention method {name!r} is registered twice")
-        ABSTENTION[name] = AbstentionMethod(name, kind, fn, bounded, raw_from_softmax)
+        ABSTENTION[name] = AbstentionMethod(name, kind, fn, bounded, raw_from_softmax, ensemble)
         return fn
 
     return deco
@@ -154,7 +163,7 @@ def _mcdropout(raw: np.ndarray, rule: str) -> np.ndarray:
     return 1.0 - mean.max(axis=1) if rule == "aligned" else entropy(_softmax(mean), axis=1)
 
 
-@register_abstention("deepensemble", "probability", bounded=True)
+@register_abstention("deepensemble", "probability", bounded=True, ensemble=True)
 def _deepensemble(raw: np.ndarray, rule: str) -> np.ndarray:
     """raw: (n, members, K) softmaxes. aligned: 1 − max of the mean softmax; reference: the
     mean over members of each member's entropy (`evaluate_visual_alignment.py`)."""

@@ -12,15 +12,16 @@ registered name; a test checks that they agree).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from lwise.alignment.abstention import ABSTENTION
 from lwise.alignment.inputs import AlignmentInputs
-from lwise.core.config import Section
+from lwise.core.config import ConfigError, Section
 
 __all__ = [
     "ANALYSES",
@@ -29,6 +30,7 @@ __all__ = [
     "AnalysisResult",
     "EvaluationConfig",
     "SummaryRow",
+    "ensemble_error",
     "register",
 ]
 
@@ -41,7 +43,9 @@ class EvaluationConfig(Section):
     SECTION = "evaluation"
 
     analyses: tuple[str, ...]  # registered analysis names, run in this order
-    abstention: str  # a name in lwise.alignment.abstention.ABSTENTION (VisAlign)
+    # A name in lwise.alignment.abstention.ABSTENTION (VisAlign); all but msp run the guide
+    # model (lwise.alignment.inputs.GuideInputs); an ensemble method cannot run on one model.
+    abstention: str
     costs: tuple[float, ...]  # reliability-score costs of a wrong answer (VisAlign)
     folds: int  # stratified k-fold CV of the difficulty AUC
     n_boot: int  # bootstrap replicates of every CI
@@ -51,6 +55,30 @@ class EvaluationConfig(Section):
     def __post_init__(self) -> None:
         object.__setattr__(self, "analyses", tuple(self.analyses))
         object.__setattr__(self, "costs", tuple(self.costs))
+        method = ABSTENTION.get(self.abstention)
+        if method is None:
+            raise ConfigError(
+                f"config evaluation.abstention {self.abstention!r}: unknown; known "
+                f"{sorted(ABSTENTION)}"
+            )
+        if method.ensemble:
+            raise ConfigError(ensemble_error(self.abstention))
+
+    @property
+    def needs_model(self) -> bool:
+        """Whether the VisAlign analysis runs and its abstention method needs the guide model."""
+        return "visalign" in self.analyses and ABSTENTION[self.abstention].needs_model
+
+
+def ensemble_error(method: str) -> str:
+    """Why `evaluation.abstention` cannot name an ensemble method."""
+    usable = [m for m, spec in ABSTENTION.items() if not spec.ensemble]
+    return (
+        f"config evaluation.abstention {method!r}: a Deep Ensemble averages the softmaxes of "
+        "several models, and the alignment evaluation has one, the dataset's guide model; "
+        f"choose one of {usable} here, or run {method} in the visalign section (a model with "
+        "two or more seeds)"
+    )
 
 
 # (metric, group, value, ci_low, ci_high): one row of summary.csv, less its `synthetic` column.
@@ -65,6 +93,10 @@ class AlignmentContext:
     inputs: AlignmentInputs
     config: EvaluationConfig
     out_dir: Path
+    # The visalign section's method settings for model-based abstention methods
+    # (VisAlignConfig.method_settings(); empty: the schema's defaults).
+    abstention_settings: Mapping[str, Any] = field(default_factory=dict)
+    workers: int = 0  # image-loading processes of a model-based abstention method
 
 
 @dataclass

@@ -8,7 +8,8 @@
 - `enhancement` (`lwise.alignment.enhancement`): human accuracy per stimulus set;
 - `consistency` (`lwise.alignment.consistency`): model-vs-human error consistency;
 - `visalign` (`lwise.alignment.visalign`): Hellinger distance to the human response
-  distribution and reliability scores, with the abstention method `evaluation.abstention`.
+  distribution and reliability scores, with the abstention method `evaluation.abstention`
+  (any but the Deep Ensemble, which needs several models; all but msp run the guide model).
 
 Without human data the trials come from simulated observers (`lwise.humans.simulate`); every
 output then says so (`synthetic` column, plot titles).
@@ -19,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
+from typing import Any
 
 import pandas as pd
 
@@ -50,6 +52,11 @@ def evaluate_alignment(
     probabilities_csv: str | os.PathLike | None = None,
     label_distributions_csv: str | os.PathLike | None = None,
     synthetic: bool | None = None,
+    guide_model: str | os.PathLike | None = None,
+    guide_trusted: bool = False,
+    train_dirmap_csv: str | os.PathLike | None = None,
+    abstention_settings: Mapping[str, Any] | None = None,
+    workers: int = 0,
 ) -> dict[str, pd.DataFrame]:
     """Run the configured analyses; write tables and plots into `out_dir` (replaced atomically).
 
@@ -62,6 +69,13 @@ def evaluate_alignment(
     (default: built from the natural trials). Scored dirmaps and probabilities are matched to keys
     through `key_root` (see `lwise.alignment.inputs`). `synthetic` defaults to the trials' own
     `synthetic` marking.
+
+    An `evaluation.abstention` method other than msp runs the guide model: `guide_model` (the
+    file the scoring stage loaded; `guide_trusted` allows full unpickling), `train_dirmap_csv`
+    (the ImageFolder's dirmap: its `train` rows fit the distance methods, its rows of the
+    natural images are what the model scores), `abstention_settings` (keys of the `visalign`
+    section: odin, mds, knn, tapudd, mcdropout, batch_size; the schema's defaults fill the
+    rest) and `workers` (image-loading processes).
 
     Writes each analysis's tables and figures (all four: difficulty_prediction.csv,
     enhancement_effect.csv, consistency.csv, difficulty_curve.png, enhancement_effect.png,
@@ -82,11 +96,17 @@ def evaluate_alignment(
         probabilities_csv=probabilities_csv,
         label_distributions_csv=label_distributions_csv,
         synthetic=synthetic,
+        guide_model=guide_model if config.needs_model else None,
+        guide_trusted=guide_trusted,
+        train_dirmap_csv=train_dirmap_csv,
     )
     tables: dict[str, pd.DataFrame] = {}
     rows = []
     with atomic_path(out_dir, directory=True) as tmp:
-        context = AlignmentContext(inputs=inputs, config=config, out_dir=tmp)
+        context = AlignmentContext(
+            inputs=inputs, config=config, out_dir=tmp,
+            abstention_settings=dict(abstention_settings or {}), workers=workers,
+        )  # fmt: skip
         with progress(total=len(config.analyses) + 1, desc="alignment") as bar:
             for name in config.analyses:
                 bar.set_postfix_str(name)

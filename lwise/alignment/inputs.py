@@ -7,6 +7,12 @@ listed relative to another folder (the scored dirmap and `probabilities.csv` say
 (`lwise.core.keys.image_key`), ignoring the file extension (the stimuli may be re-encoded, e.g.
 JPEG sources saved as PNG).
 
+The guide model itself (`GuideInputs`) is an input only where `evaluation.abstention` names a
+method that needs more than the softmax (ODIN's input gradients, the penultimate features of
+the training split for Mahalanobis, KNN and TAPUDD, MC-Dropout's dropout passes): the model
+file, and the ImageFolder's dirmap, whose `train` rows the distance methods fit on and whose
+rows of the natural images the model is run on.
+
 Errors are `AlignmentDataError`s naming the file, the column and the first offending lines.
 """
 
@@ -31,6 +37,7 @@ from lwise.humans import trials as humans
 __all__ = [
     "AlignmentDataError",
     "AlignmentInputs",
+    "GuideInputs",
     "read_inputs",
     "match_keys",
     "finite_column",
@@ -43,6 +50,16 @@ log = logging.getLogger(__name__)
 
 class AlignmentDataError(ValueError):
     """Inputs of the alignment analysis do not fit together; the message names file and column."""
+
+
+@dataclass(frozen=True)
+class GuideInputs:
+    """What the model-based abstention methods run on (`lwise.alignment.visalign.scoring`)."""
+
+    model: Path  # the guide model as the scoring stage loads it (our format, or trusted)
+    trusted: bool  # allow full unpickling of `model`
+    train_dirmap_csv: Path  # the ImageFolder's dirmap: its `train` rows fit the distance methods
+    images: pd.DataFrame  # its rows of the natural images, indexed by natural-set key
 
 
 @dataclass(frozen=True)
@@ -63,6 +80,7 @@ class AlignmentInputs:
     probabilities: pd.DataFrame | None  # the guide model's softmax over `classes`, when given
     label_distributions_csv: Path | None  # per-image human distributions, when given
     synthetic: bool  # simulated observers: every output says so
+    guide: GuideInputs | None = None  # the guide model, for model-based abstention methods
 
 
 def _stem(key: str) -> str:
@@ -224,6 +242,23 @@ def _vanilla_logits(path, column, keys, key_root) -> tuple[pd.Series, str]:
     return pd.Series(values.loc[rows.to_numpy()].to_numpy(), index=rows.index), column
 
 
+def _guide_inputs(model, trusted: bool, train_dirmap_csv, keys, key_root) -> GuideInputs:
+    """The guide model and the ImageFolder's rows of the natural images, checked."""
+    model = Path(model)
+    if not model.is_file():
+        raise AlignmentDataError(f"{model}: guide model not found")
+    if train_dirmap_csv is None:
+        raise AlignmentDataError(
+            f"guide model {model} given without train_dirmap_csv (the ImageFolder's dirmap.csv): "
+            "the model-based abstention methods need its training split and images"
+        )
+    train_dirmap_csv = Path(train_dirmap_csv)
+    table = dirmap.read(train_dirmap_csv)
+    rows = match_keys(table, train_dirmap_csv, keys, key_root, "natural")
+    images = table.loc[rows.to_numpy()].set_axis(rows.index)
+    return GuideInputs(model, bool(trusted), train_dirmap_csv, images)
+
+
 def read_inputs(
     natural_dirmap_csv: str | os.PathLike,
     set_dirmaps: Mapping[str, str | os.PathLike],
@@ -236,9 +271,14 @@ def read_inputs(
     probabilities_csv: str | os.PathLike | None = None,
     label_distributions_csv: str | os.PathLike | None = None,
     synthetic: bool | None = None,
+    guide_model: str | os.PathLike | None = None,
+    guide_trusted: bool = False,
+    train_dirmap_csv: str | os.PathLike | None = None,
 ) -> AlignmentInputs:
     """Read and cross-check the inputs of `lwise.alignment.evaluate.evaluate_alignment` (see
-    there); raises AlignmentDataError (or the trials validator's HumanDataError) on a mismatch."""
+    there); raises AlignmentDataError (or the trials validator's HumanDataError) on a mismatch.
+    `guide_model` (with `train_dirmap_csv`, the ImageFolder's dirmap) only for model-based
+    abstention methods: see `GuideInputs`."""
     natural_csv = Path(natural_dirmap_csv)
     natural = dirmap.read(natural_csv, check_files=False)
     natural["im_path"] = natural["im_path"].astype(str)
@@ -268,6 +308,9 @@ def read_inputs(
     probs = None
     if probabilities_csv is not None:
         probs = _read_probabilities(probabilities_csv, classes, keys, key_root)
+    guide = None
+    if guide_model is not None:
+        guide = _guide_inputs(guide_model, guide_trusted, train_dirmap_csv, keys, key_root)
     return AlignmentInputs(
         natural=natural,
         sets=sets,
@@ -284,4 +327,5 @@ def read_inputs(
             Path(label_distributions_csv) if label_distributions_csv is not None else None
         ),
         synthetic=synthetic,
+        guide=guide,
     )

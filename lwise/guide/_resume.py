@@ -1,5 +1,7 @@
 """A training run's resume state: after every epoch, everything a rerun needs to continue
-exactly (weights, optimizer, schedule, epoch, metrics so far, best score, RNG states).
+exactly (weights, optimizer, schedule, epoch, metrics so far, best score, RNG states). The
+schedule's state is the scheduler's own: a LambdaLR's epoch count, or a ReduceLROnPlateau's
+best validation loss, epochs without improvement and cooldown left.
 
 A state belongs to exactly one run, identified by its run key: the training settings, the
 training data (the dirmap rows used and each image file's size and modification time) and the
@@ -70,14 +72,27 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def mismatch(state: Mapping, key: Mapping[str, str], model: torch.nn.Module) -> str | None:
-    """Why `state` cannot continue the run with `key` and `model`, or None when it can."""
+def _kinds(opt, sched) -> list[str]:
+    return [type(opt).__name__, type(sched).__name__]
+
+
+def mismatch(
+    state: Mapping, key: Mapping[str, str], model: torch.nn.Module, opt=None, sched=None
+) -> str | None:
+    """Why `state` cannot continue the run with `key`, `model` (and, when given, an optimizer
+    and a scheduler of these kinds), or None when it can."""
     old = state.get("run_key")
     if not isinstance(old, Mapping):
         return "it has no run key (written by an older lwise)"
     changed = [KEY_PARTS[part] for part in KEY_PARTS if old.get(part) != key.get(part)]
     if changed:
         return "its run had other " + " and other ".join(changed)
+    if opt is not None and sched is not None and "kinds" in state:
+        if list(state["kinds"]) != _kinds(opt, sched):
+            return (
+                f"its optimizer and schedule are {' and '.join(state['kinds'])}, this run's "
+                f"{' and '.join(_kinds(opt, sched))}"
+            )
     own = model.state_dict()
     theirs = state["model"]
     if set(own) != set(theirs):
@@ -105,7 +120,7 @@ def load_state(
     except Exception as err:  # any unreadable state means starting over
         log.warning("%s is unreadable (%s); starting over", last, err)
         return fresh
-    why = mismatch(state, key, model)
+    why = mismatch(state, key, model, opt, sched)
     if why is not None:
         log.warning("discarding the resume state %s: %s; starting over", last, why)
         return fresh
@@ -137,6 +152,7 @@ def save_state(
                 "model": model.state_dict(),
                 "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict(),
+                "kinds": _kinds(opt, sched),
                 "rows": rows,
                 "best_score": best_score,
                 "rng": rng_state(),

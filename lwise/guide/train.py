@@ -5,6 +5,8 @@ cross-entropy from the clean image, best iterate kept, the model in eval mode wh
 SGD with momentum. Unlike the reference it really resumes (weights, optimizer, schedule, epoch,
 RNG state), runs DistributedDataParallel when several GPUs are given, and offers a correct
 cosine schedule (the reference's squares the learning rate; `cosine_reference` reproduces it).
+VisAlign's baselines train with AdamW and ReduceLROnPlateau on the validation loss
+(`optimizer: adamw`, `schedule: plateau`).
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ class TrainConfig(Section):
     batch_size: int
     val_batch_size: int
     workers: int
+    optimizer: str  # sgd | adamw
     lr: float
     momentum: float
     weight_decay: float
@@ -81,6 +84,10 @@ class TrainConfig(Section):
     step_gamma: float
     warmup_epochs: int
     milestones: tuple[tuple[int, float], ...]
+    plateau_factor: float
+    plateau_patience: int
+    plateau_cooldown: int
+    plateau_min_lr: float
     adversarial: bool
     constraint: str
     eps: float
@@ -111,6 +118,8 @@ class TrainConfig(Section):
 
 def lr_multiplier(cfg: TrainConfig, epoch: int) -> float:
     """Learning-rate factor for `epoch` (0-based); the optimizer's base lr is `cfg.lr`."""
+    if cfg.schedule == "plateau":
+        raise ValueError("schedule plateau: the learning rate follows the validation loss")
     if cfg.schedule == "step":
         return cfg.step_gamma ** (epoch // cfg.step_lr)
     if cfg.schedule == "piecewise":
@@ -227,11 +236,34 @@ def _autocast(device: torch.device, cfg: TrainConfig):
 
 
 def _optimizer(model: nn.Module, cfg: TrainConfig):
-    """SGD with momentum over the trainable parameters, and its learning-rate schedule."""
+    """The optimizer over the trainable parameters (SGD with momentum, robustness's; or AdamW
+    with torch's defaults but lr and weight decay, as `jiyounglee-0523/VisAlign` pl_model.py
+    configure_optimizers builds it, so with torch's weight decay 0.01) and its schedule:
+    ReduceLROnPlateau on the validation loss (pl_model.py: mode min, factor 0.5, patience 10,
+    cooldown 10, min_lr 1e-6, monitor val_loss; the schema's defaults) or a LambdaLR."""
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: lr_multiplier(cfg, e))
+    common = {"lr": cfg.lr, "weight_decay": cfg.weight_decay}
+    if cfg.optimizer == "adamw":
+        opt = torch.optim.AdamW(params, **common)
+    else:
+        opt = torch.optim.SGD(params, momentum=cfg.momentum, **common)
+    if cfg.schedule == "plateau":
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            opt, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience,
+            cooldown=cfg.plateau_cooldown, min_lr=cfg.plateau_min_lr,
+        )  # fmt: skip
+    else:
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: lr_multiplier(cfg, e))
     return opt, sched
+
+
+def _step_schedule(sched, row: dict) -> None:
+    """After an epoch: a plateau looks at its validation loss, if validated; others count it."""
+    if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        if "val_loss" in row:
+            sched.step(row["val_loss"])
+    else:
+        sched.step()
 
 
 def _train_epoch(
@@ -314,7 +346,6 @@ def train(
         desc = f"epoch {epoch + 1}/{cfg.epochs}"
         row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"]}
         row |= _train_epoch(net, model, loader, opt, cfg, run, mixer, desc)
-        sched.step()
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
             _distributed.sync_buffers(model)
             row |= validate(model, val_loader, cfg, run.device, run.fast)
@@ -327,6 +358,7 @@ def train(
                     {"epoch": epoch + 1, "metrics": row},
                     training_args=dataclasses.asdict(cfg),
                 )
+        _step_schedule(sched, row)
         row["seconds"] = time.time() - began
         rows.append(row)
         log.info("epoch %d: %s", epoch + 1, {k: round(v, 4) for k, v in row.items()})

@@ -1,10 +1,11 @@
 from pathlib import Path
 
 from lwise.alignment.evaluate import EvaluationConfig, evaluate_alignment
+from lwise.core.gpuslots import acquire_gpus, gpus_requested
 from lwise.core.keys import NATURAL
 from lwise.core.logs import script_logging
 
-with script_logging(snakemake.log[0]):
+with script_logging(snakemake.log[0]), acquire_gpus(gpus_requested(snakemake.resources)):
     sets = {name: Path(snakemake.input[name]) / "dirmap.csv" for name in snakemake.params.sets}
     evaluate_alignment(
         sets[NATURAL],
@@ -16,5 +17,11 @@ with script_logging(snakemake.log[0]):
         key_root=snakemake.input.images,
         probabilities_csv=snakemake.input.probabilities,
         synthetic=snakemake.wildcards.source == "synthetic",
+        # The guide model only where evaluation.abstention runs it (rules/evaluate.smk).
+        guide_model=snakemake.input.get("model"),
+        guide_trusted=snakemake.params.trusted,
+        train_dirmap_csv=Path(snakemake.input.images) / "dirmap.csv",
+        abstention_settings=snakemake.params.abstention,
+        workers=snakemake.threads - 1,
         **snakemake.params.extras,
     )

@@ -6,7 +6,10 @@ Definitions from VisAlign (Lee et al., NeurIPS 2023; `jiyounglee-0523/VisAlign`,
 `facebookresearch/reliable_vqa`), as implemented in `lwise.alignment.metrics`.
 
 This module is the `visalign` analysis of the alignment evaluation (`evaluation.abstention`
-names the method; those that need more than the softmax are computed by the visalign rules).
+names the method; one that needs more than the softmax runs the guide model over the natural
+images with `scoring.model_outputs`, fitted on the ImageFolder's training split, with the
+`visalign` section's method settings; the Deep Ensemble needs several models and runs in the
+visalign rules only).
 The VisAlign benchmark itself (rules/visalign.smk) lives in the submodules: `baselines` (the
 five architectures), `testset` (the open test set or a synthetic one), `scoring` (the seven
 methods' raw scores with the model), `report` (tables, figures, leaderboard files) and
@@ -16,13 +19,13 @@ methods' raw scores with the model), `report` (tables, figures, leaderboard file
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 from lwise.alignment import metrics, summary
-from lwise.alignment.abstention import ModelOutputs, abstention_probability
+from lwise.alignment.abstention import ABSTENTION, ModelOutputs, abstention_probability
 from lwise.alignment.analysis import AlignmentContext, AnalysisResult, SummaryRow, register
 from lwise.alignment.inputs import AlignmentDataError
 from lwise.data.dirmap import csv_lines
@@ -42,6 +45,7 @@ def visalign(
     *,
     costs: Sequence[float],
     abstention: str,
+    raw: Mapping[str, np.ndarray] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """VisAlign alignment of the model's output with per-image human response distributions.
 
@@ -50,7 +54,8 @@ def visalign(
     `split`, indexed by image key.
 
     Model output q = [p·(1 − a), a] with a the abstention probability of the registered method
-    `abstention` (`lwise.alignment.abstention`; "msp": a = 1 − max p); per image the Hellinger
+    `abstention` (`lwise.alignment.abstention`; "msp": a = 1 − max p; a method that needs the
+    model takes its raw scores from `raw`, rows in `human`'s order); per image the Hellinger
     distance H(human, q). Reliability (`metrics.reliability_score`) scores the model's argmax
     decision over q against the human majority answer (first maximum, so a class beats an
     equally frequent abstention): VisAlign scores its uncertain category against the human
@@ -66,12 +71,9 @@ def visalign(
     p = probs.loc[keys, classes].to_numpy(dtype=float)
     p = p / p.sum(axis=1, keepdims=True)  # CSV rounding: rows must sum to 1 within 1e-6
     try:
-        a = abstention_probability(abstention, ModelOutputs(p))
+        a = abstention_probability(abstention, ModelOutputs(p, raw=dict(raw or {})))
     except ValueError as err:
-        raise AlignmentDataError(
-            f"evaluation.abstention {abstention!r}: {err}; the alignment evaluation has only the "
-            "guide model's probabilities (use msp here, and the visalign rules for the others)"
-        ) from None
+        raise AlignmentDataError(f"evaluation.abstention {abstention!r}: {err}") from None
     q = metrics.visalign_output(p, a)
     per_image = pd.DataFrame(
         {
@@ -138,6 +140,33 @@ def _human_distributions(ctx: AlignmentContext) -> pd.DataFrame:
     return human
 
 
+def _model_raw(ctx: AlignmentContext, keys: pd.Series) -> dict[str, np.ndarray]:
+    """The raw scores of `evaluation.abstention` on the natural images `keys`, from the guide
+    model (`scoring.model_outputs`, the same implementation the visalign rules run)."""
+    method, guide = ctx.config.abstention, ctx.inputs.guide
+    if guide is None:
+        raise AlignmentDataError(
+            f"evaluation.abstention {method!r} runs the guide model, but none was given: pass "
+            "guide_model and train_dirmap_csv (the ImageFolder's dirmap.csv; the "
+            "evaluate_alignment rule does when the config names such a method)"
+        )
+    # torch and the model only here: the softmax-only default stays cheap.
+    from lwise.alignment.visalign import scoring
+    from lwise.alignment.visalign.settings import VisAlignConfig
+
+    settings = VisAlignConfig.from_config(dict(ctx.abstention_settings)).method_settings()
+    log.info("evaluation.abstention %s: running %s on %d images", method, guide.model, len(keys))
+    try:
+        outputs, _ = scoring.model_outputs(
+            guide.model, guide.train_dirmap_csv, guide.images.loc[keys.to_numpy()],
+            guide.train_dirmap_csv.parent, methods=[method], settings=settings, rule="aligned",
+            trusted=guide.trusted, workers=ctx.workers,
+        )  # fmt: skip
+    except ValueError as err:
+        raise AlignmentDataError(f"evaluation.abstention {method!r}: {err}") from err
+    return dict(outputs.raw)
+
+
 @register("visalign")
 def run(ctx: AlignmentContext) -> AnalysisResult:
     """visalign_images.csv and visalign.csv; nothing without the model's probabilities."""
@@ -145,13 +174,18 @@ def run(ctx: AlignmentContext) -> AnalysisResult:
     if data.probabilities is None:
         log.info("no probabilities_csv: VisAlign (visalign.csv) skipped")
         return AnalysisResult()
+    human = _human_distributions(ctx)
+    raw = None
+    if ABSTENTION[cfg.abstention].needs_model:
+        raw = _model_raw(ctx, human["image"].astype(str))
     per_image, table = visalign(
-        _human_distributions(ctx),
+        human,
         data.probabilities,
         data.natural.set_index("im_path"),
         data.classes,
         costs=cfg.costs,
         abstention=cfg.abstention,
+        raw=raw,
     )
     return AnalysisResult(
         tables={"visalign_images": per_image, "visalign": table}, summary=summary_rows(table)

@@ -1,9 +1,11 @@
 """VisAlign's abstention methods run with the model: one model, every configured method.
 
-`score_model` loads a model (`lwise.guide.load.load_guide`), fits the distance methods on the
-penultimate features of the training split, and writes, per test image, the plain softmax and
-each method's collapsed score under the aligned and the reference rule
-(`lwise.alignment.abstention`). What each method computes follows VisAlign's
+`model_outputs` loads a model (`lwise.guide.load.load_guide`), fits the distance methods on the
+penultimate features of the training split and gives, per image, the plain softmax and each
+method's raw scores (`lwise.alignment.abstention.ModelOutputs`); the alignment evaluation's
+`visalign` analysis uses it for `evaluation.abstention`. `score_model` (the visalign rules)
+writes, per test image, the softmax and each method's collapsed score under the aligned and the
+reference rule (`lwise.alignment.abstention`). What each method computes follows VisAlign's
 `g_functions/postprocessors/` and `config/ood_postprocessors/` (jiyounglee-0523/VisAlign):
 
 - ODIN (`odin_postprocessor.py`): one step x − ε·sign(∇x CE(logits/T, argmax)) with the sign
@@ -55,12 +57,13 @@ from lwise.data.loading import DirmapImages, eval_transform
 from lwise.guide.load import load_guide
 from lwise.guide.models import ImageClassifier, head_name
 
-__all__ = ["MODEL_METHODS", "score_model"]
+__all__ = ["FEATURE_METHODS", "MODEL_METHODS", "model_outputs", "score_model"]
 
 log = logging.getLogger(__name__)
 
 # Methods computed here; `deepensemble` combines models and `msp` needs only the softmax.
 MODEL_METHODS = ("odin", "mds", "knn", "tapudd", "mcdropout")
+FEATURE_METHODS = ("mds", "knn", "tapudd")  # fitted on the training split's features
 ODIN_DIVISOR = (63.0 / 255.0, 62.1 / 255.0, 66.7 / 255.0)  # odin_postprocessor.py
 MDS_DIVISOR = 0.5  # mds_postprocessor.py, tapudd_postprocessor.py
 DROPOUT_LIKE = ("Dropout", "DropPath", "StochasticDepth")
@@ -221,6 +224,72 @@ def _batch_raw(net: _Net, fitted: _Fitted | None, x, methods, cfg, exact: bool) 
     return {k: v.detach().double().cpu().numpy() for k, v in out.items()}
 
 
+def model_outputs(
+    model_path: str | os.PathLike,
+    train_dirmap_csv: str | os.PathLike,
+    images: pd.DataFrame,
+    root: str | os.PathLike,
+    *,
+    methods: Sequence[str],
+    settings: Mapping[str, Any],
+    rule: str,
+    trusted: bool,
+    workers: int = 0,
+    device: str | None = None,
+) -> tuple[abstention.ModelOutputs, list[str]]:
+    """Run the model at `model_path` over `images` (dirmap rows, `im_path` relative to `root`):
+    the plain softmax and the raw scores of every method in `methods` that needs the model
+    (`msp` needs only the softmax; `deepensemble` combines models, see the module docstring),
+    in row order, and the model's class names.
+
+    The distance methods fit on the features of the `train` rows of `train_dirmap_csv`.
+    `settings`: the `visalign` section's method settings (odin, mds, knn, tapudd, mcdropout,
+    batch_size; `lwise.alignment.visalign.settings.VisAlignConfig.method_settings`).
+    `rule == "reference_exact"` switches on the reference's model-side quirks. Raises
+    ValueError naming the file when a method cannot run (no training rows, K above their
+    number).
+    """
+    methods = [m for m in methods if not abstention.ABSTENTION[m].ensemble]
+    exact = rule == "reference_exact"
+    train_df = dirmap.read(train_dirmap_csv)
+    train_df = train_df[train_df["split"] == "train"]
+    fit = sorted(set(methods) & set(FEATURE_METHODS))
+    if fit and train_df.empty:
+        raise ValueError(
+            f"{train_dirmap_csv}: no 'train' rows; {', '.join(fit)} fit on the penultimate "
+            "features of the training split"
+        )
+    guide = load_guide(
+        model_path, trusted=trusted, device=device, fast=False,
+        dirmap=train_df if not train_df.empty else None,
+    )  # fmt: skip
+    model = guide.model.float().eval()
+    for prm in model.parameters():
+        prm.requires_grad_(False)
+    use_logits = exact and baselines.family(model.arch) in baselines.LOGIT_FEATURE_FAMILIES
+    net = _Net(model, use_logits)
+    size, bs = guide.input_size, int(settings["batch_size"])
+    fitted = None
+    if fit:
+        train_ds = _dataset(train_df, Path(train_dirmap_csv).parent, size, guide.label_column)
+        feats, labels = _train_features(net, _loader(train_ds, bs, workers), guide.device)
+        log.info("fitting on %d training features of dimension %d", *feats.shape)
+        fitted = _Fitted(feats, labels, settings, exact, guide.device)
+    test_ds = _dataset(images, Path(root), size, None)
+    torch.manual_seed(0)  # MC-Dropout's masks: the same scores on every run
+    probs, raw = [], {m: [] for m in methods if abstention.ABSTENTION[m].needs_model}
+    for x, _, _ in progress(_loader(test_ds, bs, workers), desc=f"scoring {', '.join(methods)}"):
+        x = x.to(guide.device)
+        with torch.no_grad():
+            probs.append(torch.softmax(net(model.normalize(x))[0].double(), 1).cpu().numpy())
+        for name, value in _batch_raw(net, fitted, x, raw, settings, exact).items():
+            raw[name].append(value)
+    outputs = abstention.ModelOutputs(
+        np.concatenate(probs), raw={k: np.concatenate(v) for k, v in raw.items()}
+    )
+    return outputs, guide.class_names or [str(i) for i in range(guide.num_classes)]
+
+
 def score_model(
     model_path: str | os.PathLike,
     train_dirmap_csv: str | os.PathLike,
@@ -239,39 +308,14 @@ def score_model(
     `p_<k>` (the plain softmax, class order of the model) and per method `<method>_aligned`
     and `<method>_reference` (the collapsed scores, `lwise.alignment.abstention.collapse`).
 
-    `settings`: the `visalign` section's method settings (odin, mds, knn, tapudd, mcdropout,
-    batch_size). `rule == "reference_exact"` switches on the reference's model-side quirks.
+    `settings` and `rule` as in `model_outputs`.
     """
-    methods = [m for m in methods if m != "deepensemble"]
-    exact = rule == "reference_exact"
+    methods = [m for m in methods if not abstention.ABSTENTION[m].ensemble]
     test = dirmap.read(test_dirmap_csv)
-    train_df = dirmap.read(train_dirmap_csv)
-    train_df = train_df[train_df["split"] == "train"]
-    guide = load_guide(model_path, trusted=trusted, device=device, fast=False, dirmap=train_df)
-    model = guide.model.float().eval()
-    for prm in model.parameters():
-        prm.requires_grad_(False)
-    use_logits = exact and baselines.family(model.arch) in baselines.LOGIT_FEATURE_FAMILIES
-    net = _Net(model, use_logits)
-    size, bs = guide.input_size, int(settings["batch_size"])
-    fitted = None
-    if set(methods) & {"mds", "knn", "tapudd"}:
-        train_ds = _dataset(train_df, Path(train_dirmap_csv).parent, size, guide.label_column)
-        feats, labels = _train_features(net, _loader(train_ds, bs, workers), guide.device)
-        log.info("fitting on %d training features of dimension %d", *feats.shape)
-        fitted = _Fitted(feats, labels, settings, exact, guide.device)
-    test_ds = _dataset(test, Path(test_dirmap_csv).parent, size, None)
-    probs, raw = [], {m: [] for m in methods if m != "msp"}
-    for x, _, _ in progress(_loader(test_ds, bs, workers), desc=f"scoring {', '.join(methods)}"):
-        x = x.to(guide.device)
-        with torch.no_grad():
-            probs.append(torch.softmax(net(model.normalize(x))[0].double(), 1).cpu().numpy())
-        for name, value in _batch_raw(net, fitted, x, raw, settings, exact).items():
-            raw[name].append(value)
-    outputs = abstention.ModelOutputs(
-        np.concatenate(probs), raw={k: np.concatenate(v) for k, v in raw.items()}
-    )
-    names = guide.class_names or [str(i) for i in range(guide.num_classes)]
+    outputs, names = model_outputs(
+        model_path, train_dirmap_csv, test, Path(test_dirmap_csv).parent, methods=methods,
+        settings=settings, rule=rule, trusted=trusted, workers=workers, device=device,
+    )  # fmt: skip
     table = pd.DataFrame({"image": test["im_path"].to_numpy()})
     for i, name in enumerate(names):
         table[f"p_{name}"] = outputs.probs[:, i]

@@ -3,13 +3,14 @@ schemas/config.schema.yaml, see `lwise.core.config`)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from lwise.alignment.abstention import ABSTENTION, RULES
-from lwise.core.config import ConfigError, Section, defaults
+from lwise.core.config import ConfigError, Section, defaults, validate
 
-__all__ = ["VisAlignConfig"]
+__all__ = ["VisAlignConfig", "check_training"]
 
 
 @dataclass(frozen=True)
@@ -49,3 +50,17 @@ class VisAlignConfig(Section):
         """What `lwise.alignment.visalign.scoring.score_model` reads."""
         names = ("odin", "mds", "knn", "tapudd", "mcdropout", "batch_size")
         return {n: getattr(self, n) for n in names}
+
+
+def check_training(section: Mapping[str, Any]) -> None:
+    """Check `visalign.train` and every model's `train` against the guide.train schema (keys
+    and values), naming the entry; rules/visalign.smk calls it when the workflow is parsed, so
+    a typo in a preset stops the run before any job."""
+    entries = {"visalign.train": section.get("train") or {}}
+    for name, model in (section.get("models") or {}).items():
+        entries[f"visalign.models.{name}.train"] = model.get("train") or {}
+    for where, train in entries.items():
+        try:
+            validate(train, "guide.train")
+        except ConfigError as err:
+            raise ConfigError(f"config {where}: {str(err).removeprefix('config ')}") from None

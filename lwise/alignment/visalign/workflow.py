@@ -1,5 +1,6 @@
 """What rules/visalign.smk asks of the config (standard library only): which datasets and
-models run, the seeds, each job's settings and paths, and what `rule all` builds.
+models run, the seeds, each job's settings and paths, and what `rule all` builds; and which of
+the section's settings the alignment evaluation's abstention method reads (rules/evaluate.smk).
 
 Paths under results/<ds>/visalign/: `testset/` (dirmap.csv and, when synthetic, images/),
 `models/<model>/seed<seed>/` (trained baselines), `scores/<model>_seed<seed>.csv`, and
@@ -77,14 +78,17 @@ def definer_options(config: Mapping, dataset: str) -> dict:
 
 def train_settings(config: Mapping, model: str, seed: int | str, guide_train: Mapping) -> dict:
     """TrainConfig fields of one baseline: the dataset's guide training settings (image size,
-    normalisation, loader), made non-adversarial and from scratch, then the model's `train`
-    entries, its architecture and the seed."""
+    normalisation, loader), made non-adversarial and from scratch, then the section's `train`
+    (every baseline's, e.g. VisAlign's optimizer), the model's own `train` entries, its
+    architecture and the seed."""
     entry = models(config)[model]
     if entry.get("guide"):
         raise VisAlignWorkflowError(f"visalign model {model!r} is the guide model: not trained")
     base = {k: v for k, v in guide_train.items() if k not in ("init_checkpoint", "freeze")}
     base["adversarial"] = False
-    return {**base, **dict(entry.get("train", {})), "arch": entry["arch"], "seed": int(seed)}
+    shared = dict(section(config).get("train", {}))
+    own = dict(entry.get("train", {}))
+    return {**base, **shared, **own, "arch": entry["arch"], "seed": int(seed)}
 
 
 def model_file(config: Mapping, dataset: str, model: str, seed, guide_model: str) -> str:
@@ -102,6 +106,13 @@ def score_files(config: Mapping, dataset: str, guide_train: Mapping) -> dict[str
         }
         for model in models(config)
     }
+
+
+def evaluation_settings(config: Mapping, method: str) -> dict:
+    """The keys of the section that `evaluation.abstention` = `method` reads when it runs the
+    guide model: its own settings (e.g. `knn`) and `batch_size`; other methods' settings
+    leave the evaluation up to date."""
+    return {k: section(config)[k] for k in (method, "batch_size") if k in section(config)}
 
 
 def scoring_settings(config: Mapping) -> dict:
