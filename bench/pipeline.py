@@ -263,7 +263,8 @@ def main() -> None:
     guide.model.requires_grad_(False)
     batch = 256 if device.type == "cuda" else 16
     gpu = gpu_only_score(guide, 256, 64)
-    for which in ("first", "second"):
+    # The default (PIL, as L-WISE) twice, then nvjpeg (`scoring.decode: auto`).
+    for which, decode in (("first", "cpu"), ("second", "cpu"), ("gpu_decode", "auto")):
         out = root / f"score_{which}"
         r = job(
             "score",
@@ -275,8 +276,8 @@ def main() -> None:
                 str(out / "a.csv"),
                 str(out / "c.png"),
             ],
-            cfg={},
-            workers=8,
+            cfg={"decode": decode},
+            workers=workers,
             trusted=False,
         )
         r.update(

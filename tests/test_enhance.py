@@ -129,3 +129,14 @@ def test_views_and_steps_are_recorded_in_the_sets_provenance(held_out, digits_mo
     # Averaged over views (K·B = 400 views in chunks of 64), the gain is smaller but real.
     assert multi["logit_gain"].mean() > 0.1
     assert multi["logit_gain"].mean() < single["logit_gain"].mean()
+
+
+def test_compilation_is_chosen_by_job_size_unless_set():
+    from lwise.stimuli.enhance import COMPILE_FROM_IMAGE_STEPS, should_compile
+
+    assert should_compile(True, 10, 1) is True and should_compile(False, 10**7, 40) is False
+    assert should_compile("auto", 1000, 40) is False  # 41,000 image-steps: eager
+    assert should_compile("auto", COMPILE_FROM_IMAGE_STEPS // 41 + 1, 40) is None  # GPU: compile
+    assert EnhanceConfig.from_config().compile == "auto"
+    with pytest.raises(Exception, match="compile"):
+        EnhanceConfig.from_config({"compile": "sometimes"})

@@ -4,6 +4,7 @@ interruption, the decode-once pixel cache, GPU-style decoding, and the float16 f
 from __future__ import annotations
 
 import logging
+import os
 
 import numpy as np
 import pandas as pd
@@ -24,6 +25,7 @@ from lwise.guide.load import load_guide
 from lwise.guide.models import build_model
 from lwise.guide.score import ScoringConfig, score
 from lwise.stimuli import enhance as enhance_module
+from lwise.stimuli._write import ImageWriter
 from lwise.stimuli.enhance import EnhanceConfig, enhance
 from lwise.stimuli.natural import NaturalConfig, write_natural
 
@@ -199,3 +201,30 @@ def test_float16_overflow_is_recomputed_in_float32(setup, tmp_path, caplog):
     with pytest.raises(FloatingPointError, match="the guide model itself produces non-finite"):
         _enhance(folder, nan, tmp_path / "nan_enh", workers=0, mode="fast")
     assert not (tmp_path / "nan_enh").exists()
+
+
+def test_image_writer_reuses_its_ring_slots_and_writes_what_the_caller_gave(tmp_path):
+    """More batches than ring slots, a batch that outgrows the slots, and rows read from a
+    .npy by the workers: every file holds exactly its pixels, as the simple loop writes them;
+    the shared-memory ring is gone afterwards."""
+    rng = np.random.default_rng(0)
+    batches = [rng.integers(0, 256, (n, 8, 8, 3), np.uint8) for n in (3, 3, 2, 3, 3, 5, 1)]
+    npy = tmp_path / "cache.npy"
+    np.save(npy, np.concatenate(batches))
+    rows = np.arange(len(np.load(npy)))[::-1].copy()
+    for procs in (0, 2):
+        out = tmp_path / f"w{procs}"
+        with ImageWriter(procs, "png", 95, depth=2) as writer:
+            for b, arrays in enumerate(batches):
+                writer.write(arrays, [out / f"b{b}_{i}.png" for i in range(len(arrays))])
+            writer.write_rows(npy, rows, [out / f"r{i}.png" for i in range(len(rows))])
+            ring = writer._ring_dir
+            assert writer.finish() == 2 * len(rows)
+        assert ring is None or not os.path.exists(ring)
+        for b, arrays in enumerate(batches):
+            for i, a in enumerate(arrays):
+                assert np.array_equal(np.asarray(Image.open(out / f"b{b}_{i}.png")), a)
+        stacked = np.load(npy)
+        for i, r in enumerate(rows):
+            assert np.array_equal(np.asarray(Image.open(out / f"r{i}.png")), stacked[r])
+    assert _files(tmp_path / "w0") == _files(tmp_path / "w2")

@@ -116,11 +116,7 @@ def image_key(
 
     Keys name the same image across the ImageFolder, every stimulus set, the uploads and the
     human trials."""
-    if key_root is None:
-        return Path(im_path).as_posix()
-    # Resolve folders only: files may be hard or symbolic links into the raw download.
-    full = os.path.normpath(os.path.join(Path(dirmap_csv).parent.resolve(), im_path))
-    return Path(os.path.relpath(full, Path(key_root).resolve())).as_posix()
+    return image_keys([im_path], dirmap_csv, key_root)[0]
 
 
 def image_keys(
@@ -131,7 +127,14 @@ def image_keys(
     suffix: str | None = None,
 ) -> list[str]:
     """`image_key` of each path; `suffix` (".png") replaces the extension, as a set's files do."""
-    keys = [image_key(dirmap_csv, p, key_root) for p in im_paths]
+    if key_root is None:
+        keys = [Path(p).as_posix() for p in im_paths]
+    else:  # resolve folders only (files may be links into the raw download), and only once
+        base, root = Path(dirmap_csv).parent.resolve(), Path(key_root).resolve()
+        keys = [
+            Path(os.path.relpath(os.path.normpath(os.path.join(base, p)), root)).as_posix()
+            for p in im_paths
+        ]
     if suffix is not None:
         keys = [PurePosixPath(k).with_suffix(suffix).as_posix() for k in keys]
     return keys

@@ -185,4 +185,7 @@ def write(df: pd.DataFrame, path: str | os.PathLike, *, check_files: bool = True
 def relative_to(paths: pd.Series, folder: str | os.PathLike) -> pd.Series:
     """Express absolute (or cwd-relative) image paths relative to `folder`, with '/' separators."""
     folder = os.path.abspath(folder)
-    return paths.map(lambda p: Path(os.path.relpath(os.path.abspath(p), folder)).as_posix())
+    rel = [os.path.relpath(os.path.abspath(p), folder) for p in paths]
+    if os.sep != "/":
+        rel = [Path(p).as_posix() for p in rel]
+    return pd.Series(rel, index=paths.index, dtype=object)

@@ -97,9 +97,10 @@ class PixelCache:
     def size(self) -> int:
         return int(self.pixels.shape[1])
 
-    def rows(self, keys: list[str], size: int) -> np.ndarray:
-        """The array row of each key; an error names a missing image or a size mismatch."""
-        if self.size != size:
+    def rows(self, keys: list[str], size: int | None) -> np.ndarray:
+        """The array row of each key; an error names a missing image or a size mismatch (None:
+        the size is not checked)."""
+        if size is not None and self.size != size:
             raise ValueError(
                 f"{self.path} holds {self.size}-px images but the guide model takes {size} px:"
                 " it is stale; rebuild it (snakemake reruns the rule that makes it)"

@@ -100,6 +100,7 @@ def load_guide(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     image_size: int | None = None,
+    compile: bool | None = None,
 ) -> Guide:
     """The guide model at `path`, ready for inference.
 
@@ -113,6 +114,7 @@ def load_guide(
     - `arch`, `num_classes`, `mean`, `std`, `image_size`: what the file lacks
       (`lwise.guide.checkpoints.load_model`: the file's record wins, a contradiction is an
       error).
+    - `compile`: torch.compile the fast copy (`lwise.guide.fast.prepare_fast`; None: on a GPU).
     """
     device = torch.device(device) if device is not None else default_device()
     model = load_model(
@@ -130,7 +132,7 @@ def load_guide(
         label = label_column_for(dirmap, model.num_classes, label_column or "auto")
     return Guide(
         model=model,
-        net=prepare_fast(model) if fast else model,
+        net=prepare_fast(model, compile=compile) if fast else model,
         device=device,
         fast=fast,
         fast_dtype=fast_dtype,

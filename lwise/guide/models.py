@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-import timm
 import torch
 import torchvision
 from torch import nn
@@ -123,6 +122,8 @@ def _create_net(arch: str, num_classes: int) -> nn.Module:
         if name not in _torchvision_names():
             raise ValueError(f"torchvision has no classification model {name!r}")
         return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+    import timm  # about 1 s to import: only for the models it makes
+
     if timm.is_model(name):
         return timm.create_model(name, pretrained=False, num_classes=num_classes)
     raise ValueError(

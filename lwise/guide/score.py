@@ -165,9 +165,11 @@ def score(
             f"difficulty_scope {cfg.difficulty_scope!r}: expected 'dataset' or 'class'"
         )
     df = dirmap.read(dirmap_csv)
+    # Eager, not compiled: on an H200 eager ResNet-50 scores 26,700 images/s (compiled 33,800),
+    # above what decoding feeds it, and compiling or loading compiled code costs 10-30 s a job.
     guide = load_guide(
         model_path, trusted=trusted, fast=None if mode is None else mode == "fast",
-        fast_dtype=cfg.fast_dtype, dirmap=df, label_column=cfg.label_column,
+        fast_dtype=cfg.fast_dtype, dirmap=df, label_column=cfg.label_column, compile=False,
     )  # fmt: skip
     label = guide.label_column
     batches = image_batches(
@@ -206,8 +208,10 @@ def score(
     out["difficulty"] = min_max_difficulty(
         out[cfg.gt_logit_column], out["class"] if cfg.difficulty_scope == "class" else None
     )
+    parent = os.path.dirname(os.fspath(dirmap_csv))
     out["im_path"] = dirmap.relative_to(
-        df["im_path"].map(lambda p: str(Path(dirmap_csv).parent / p)), Path(out_csv).parent
+        pd.Series([os.path.join(parent, p) for p in df["im_path"]], index=df.index),
+        Path(out_csv).parent,
     )
     dirmap.write(out, out_csv)
     if out_probabilities is not None:  # softmax over the considered classes, for VisAlign
@@ -253,11 +257,14 @@ def plot_confusion(scored: pd.DataFrame, label: str, model: ImageClassifier | No
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from sklearn.metrics import confusion_matrix
 
     ids = sorted(set(scored[label]) | set(scored["predicted_class_num"]))
     labels = [class_name(model, scored, label, int(i)) for i in ids]
-    cm = confusion_matrix(scored[label], scored["predicted_class_num"], labels=ids)
+    # Rows true ids, columns predicted ids, in `ids` order (sklearn costs 3 s to import).
+    where = {c: i for i, c in enumerate(ids)}
+    true = scored[label].map(where).to_numpy(int)
+    predicted = scored["predicted_class_num"].map(where).to_numpy(int)
+    cm = np.bincount(true * len(ids) + predicted, minlength=len(ids) ** 2).reshape(len(ids), -1)
     side = max(4, 0.35 * len(ids))
     fig, ax = plt.subplots(figsize=(side + 1, side))
     im = ax.imshow(cm, cmap="Blues")

@@ -36,13 +36,18 @@ from lwise.guide.load import Guide, load_guide
 from lwise.stimuli._write import ImageWriter, stimulus_dirmap, stimulus_keys, to_uint8
 from lwise.stimuli.settings import provenance, steps_for, write_provenance
 
-__all__ = ["EnhanceConfig", "default_batch_size", "enhance", "quantise"]
+__all__ = ["EnhanceConfig", "default_batch_size", "enhance", "quantise", "should_compile"]
 
 log = logging.getLogger(__name__)
 
 # Batch sizes when the config leaves `batch_size` null. On an H200 (ResNet-50, 224 px, eps 20)
 # the fast mode ran 325.6 images/s at 256 against 265.5 at 128 (issue 12's measurements).
 GPU_BATCH, CPU_BATCH = 256, 128
+# `compile: auto` compiles a job of at least this many image-steps. H200, ResNet-50, 224 px,
+# float16 (bench/pipeline.py): eager 0.107 ms and compiled 0.080 ms per image-step, compiling
+# 35 s in a job that finds no cache and 15 s loading a cached one: break-even between 0.55
+# and 1.3 million image-steps.
+COMPILE_FROM_IMAGE_STEPS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -64,11 +69,23 @@ class EnhanceConfig(Section):
     jpeg_quality: int
     batch_size: int | None
     fast_dtype: str
+    compile: bool | str
 
 
 def default_batch_size(device: torch.device) -> int:
     """The batch size of a job whose config says null: 256 on a GPU, 128 on the CPU."""
     return GPU_BATCH if device.type == "cuda" else CPU_BATCH
+
+
+def should_compile(setting: bool | str, images: int, steps: int) -> bool | None:
+    """`enhance.compile`: True or False as set; "auto" compiles (on a GPU: None lets
+    `prepare_fast` decide) when the job is large enough to repay compiling."""
+    if setting != "auto":
+        return bool(setting)
+    if images * (steps + 1) >= COMPILE_FROM_IMAGE_STEPS:
+        return None
+    log.info("%d images x %d steps: running eager (compiling would not pay off)", images, steps)
+    return False
 
 
 def quantise(x: torch.Tensor) -> torch.Tensor:
@@ -149,12 +166,13 @@ def enhance(
     df = dirmap.read(csv)
     # The encoder processes are forked first, before this process touches the GPU.
     with ImageWriter(workers, cfg.format, cfg.jpeg_quality) as writer:
+        steps = steps_for(cfg.steps, eps)
         guide = load_guide(
             model_path, trusted=trusted, fast=None if mode is None else mode == "fast",
             fast_dtype=cfg.fast_dtype, dirmap=df, label_column=label_column,
+            compile=should_compile(cfg.compile, len(df), steps),
         )  # fmt: skip
         guide.model.requires_grad_(False)  # gradients for the input only
-        steps = steps_for(cfg.steps, eps)
         batch = cfg.batch_size or default_batch_size(guide.device)
         competitors = None
         if objective == "logit_diverge":

@@ -15,11 +15,10 @@ import pandas as pd
 
 from lwise.core.atomic import atomic_path
 from lwise.core.config import Section
+from lwise.core.keys import image_keys
 from lwise.core.logs import progress
 from lwise.data import dirmap
-from lwise.data.pixels import build as build_pixels
-from lwise.data.pixels import pixel_batches
-from lwise.guide.load import load_guide
+from lwise.data.pixels import PixelCache
 from lwise.stimuli._write import ImageWriter, stimulus_dirmap, stimulus_keys
 
 __all__ = ["NaturalConfig", "preprocess_stimuli", "write_natural"]
@@ -50,6 +49,9 @@ def preprocess_stimuli(
 ) -> pd.DataFrame:
     """Decode every image of the dirmap once, at the guide model's input size, into the pixel
     cache (`lwise.data.pixels.build`) that the natural and enhanced sets read."""
+    from lwise.data.pixels import build as build_pixels
+    from lwise.guide.load import load_guide
+
     size = load_guide(model_path, trusted=trusted, device="cpu").input_size
     return build_pixels(
         dirmap_csv, out_npy, out_index, key_root=key_root, size=size, workers=workers
@@ -69,20 +71,35 @@ def write_natural(
 ) -> pd.DataFrame:
     """Write the natural set of the dirmap's images at the guide model's input size, from the
     pixel cache (.npy, index) when given, else decoding the files; `workers` processes encode
-    (0: in the caller)."""
+    (0: in the caller).
+
+    With the cache, the workers read the pixels from it themselves and this process never
+    imports torch: the job is bounded by encoding alone."""
     csv = Path(dirmap_csv)
     df = dirmap.read(csv)
     keys = stimulus_keys(df, csv, key_root, cfg.format)
-    with ImageWriter(workers, cfg.format, cfg.jpeg_quality) as writer:
-        size = load_guide(model_path, trusted=trusted, device="cpu").input_size
-        source = pixel_batches(df, csv, key_root, pixels, size, BATCH_SIZE, workers, False)
-        bar = progress(total=len(df), desc="natural", unit="img")
+    bar = progress(total=len(df), desc="natural", unit="img")
+    with ImageWriter(workers, cfg.format, cfg.jpeg_quality, on_written=bar.update) as writer:
         with bar, atomic_path(out_dir, directory=True) as tmp, writer.stopping_on_error():
-            for pos, u8 in source:
-                arrays = u8.permute(0, 2, 3, 1).numpy()
-                writer.write(arrays, [tmp / keys[i] for i in pos])
-                bar.update(len(pos))
+            paths = [tmp / k for k in keys]
+            if pixels is not None:
+                cache = PixelCache(*pixels)
+                # The cache's own keys: the images' keys before the set's extension.
+                rows = cache.rows(image_keys(df["im_path"], csv, key_root), size=None)
+                writer.write_rows(cache.path, rows, paths)
+            else:
+                _write_decoded(writer, df, csv, key_root, model_path, workers, trusted, paths)
             writer.finish()  # every file written before the rename
             out = stimulus_dirmap(df, keys)
             dirmap.write(out, tmp / "dirmap.csv")
     return out
+
+
+def _write_decoded(writer, df, csv, key_root, model_path, workers, trusted, paths) -> None:
+    """Without a pixel cache: decode the files at the guide model's input size."""
+    from lwise.data.pixels import pixel_batches
+    from lwise.guide.load import load_guide
+
+    size = load_guide(model_path, trusted=trusted, device="cpu").input_size
+    for pos, u8 in pixel_batches(df, csv, key_root, None, size, BATCH_SIZE, workers, False):
+        writer.write(u8.permute(0, 2, 3, 1).numpy(), [paths[i] for i in pos])
