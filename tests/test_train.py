@@ -13,17 +13,10 @@ import torch
 from conftest import SMALL_TRAIN
 
 from lwise.core.config import ConfigError
+from lwise.guide._optim import lr_multiplier, make_optimizer, step_schedule
 from lwise.guide.checkpoints import load_model, save_checkpoint
 from lwise.guide.models import build_model
-from lwise.guide.train import (
-    TrainConfig,
-    _attack,
-    _optimizer,
-    _step_schedule,
-    lr_multiplier,
-    run_training,
-    train,
-)
+from lwise.guide.train import TrainConfig, _attack, run_training, train
 
 
 def settings(**overrides) -> TrainConfig:
@@ -73,11 +66,11 @@ def test_training_config_errors_name_the_key_and_value(bad, message):
 
 def test_adamw_and_the_plateau_schedule_are_visalign_s():
     model = build_model("small_cnn", 10, [0.5] * 3, [0.25] * 3)
-    opt, sched = _optimizer(model, settings())  # the defaults: today's SGD
+    opt, sched = make_optimizer(model, settings())  # the defaults: today's SGD
     assert isinstance(opt, torch.optim.SGD) and opt.param_groups[0]["momentum"] == 0.9
     assert isinstance(sched, torch.optim.lr_scheduler.LambdaLR)
     cfg = settings(optimizer="adamw", lr=1e-5, weight_decay=0.01, schedule="plateau")
-    opt, sched = _optimizer(model, cfg)
+    opt, sched = make_optimizer(model, cfg)
     group = opt.param_groups[0]
     assert isinstance(opt, torch.optim.AdamW)
     assert (group["lr"], group["weight_decay"], group["betas"], group["eps"]) == (
@@ -89,8 +82,8 @@ def test_adamw_and_the_plateau_schedule_are_visalign_s():
     assert sched.min_lrs == [1e-6]
     lrs = []
     for loss in [1.0] * 40:  # never improves: a cut after 11 validations, then 10 of cooldown
-        _step_schedule(sched, {"train_loss": 0.5})  # an epoch without validation: no step
-        _step_schedule(sched, {"val_loss": loss})
+        step_schedule(sched, {"train_loss": 0.5})  # an epoch without validation: no step
+        step_schedule(sched, {"val_loss": loss})
         lrs.append(opt.param_groups[0]["lr"])
     cuts = [i + 1 for i in range(1, len(lrs)) if lrs[i] < lrs[i - 1]]
     assert cuts == [12, 33] and lrs[-1] == pytest.approx(2.5e-6)

@@ -15,7 +15,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import math
 import os
 import random
 import time
@@ -35,6 +34,7 @@ from lwise.core.config import Section
 from lwise.core.logs import progress
 from lwise.guide import _distributed, _train_data
 from lwise.guide._distributed import Run, all_sum, finish, setup_run
+from lwise.guide._optim import make_optimizer, step_schedule
 from lwise.guide._resume import load_state, run_key, save_state
 from lwise.guide.attacks import pgd
 from lwise.guide.checkpoints import load_model, save_checkpoint
@@ -44,7 +44,6 @@ from lwise.guide.models import ImageClassifier, build_model, head_name, replace_
 __all__ = [
     "TRAIN_DTYPE",
     "TrainConfig",
-    "lr_multiplier",
     "main",
     "make_model",
     "run_training",
@@ -114,27 +113,6 @@ class TrainConfig(Section):
     def from_dict(cls, d: dict) -> TrainConfig:
         """The same as `from_config` (kept for existing callers)."""
         return cls.from_config(d)
-
-
-def lr_multiplier(cfg: TrainConfig, epoch: int) -> float:
-    """Learning-rate factor for `epoch` (0-based); the optimizer's base lr is `cfg.lr`."""
-    if cfg.schedule == "plateau":
-        raise ValueError("schedule plateau: the learning rate follows the validation loss")
-    if cfg.schedule == "step":
-        return cfg.step_gamma ** (epoch // cfg.step_lr)
-    if cfg.schedule == "piecewise":
-        factor = 1.0
-        for start, mult in cfg.milestones:
-            if epoch >= start:
-                factor = mult
-        return factor
-    if epoch < cfg.warmup_epochs:
-        factor = (epoch + 1) / cfg.warmup_epochs
-    else:
-        span = max(1, cfg.epochs - cfg.warmup_epochs)
-        factor = 0.5 * (1 + math.cos(math.pi * (epoch - cfg.warmup_epochs) / span))
-    # L-WISE's cosine lambda returns lr·factor, which LambdaLR multiplies by lr again.
-    return factor * cfg.lr if cfg.schedule == "cosine_reference" else factor
 
 
 def _freeze(model: ImageClassifier, cfg: TrainConfig) -> None:
@@ -235,37 +213,6 @@ def _autocast(device: torch.device, cfg: TrainConfig):
     return nullcontext()
 
 
-def _optimizer(model: nn.Module, cfg: TrainConfig):
-    """The optimizer over the trainable parameters (SGD with momentum, robustness's; or AdamW
-    with torch's defaults but lr and weight decay, as `jiyounglee-0523/VisAlign` pl_model.py
-    configure_optimizers builds it, so with torch's weight decay 0.01) and its schedule:
-    ReduceLROnPlateau on the validation loss (pl_model.py: mode min, factor 0.5, patience 10,
-    cooldown 10, min_lr 1e-6, monitor val_loss; the schema's defaults) or a LambdaLR."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    common = {"lr": cfg.lr, "weight_decay": cfg.weight_decay}
-    if cfg.optimizer == "adamw":
-        opt = torch.optim.AdamW(params, **common)
-    else:
-        opt = torch.optim.SGD(params, momentum=cfg.momentum, **common)
-    if cfg.schedule == "plateau":
-        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            opt, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience,
-            cooldown=cfg.plateau_cooldown, min_lr=cfg.plateau_min_lr,
-        )  # fmt: skip
-    else:
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: lr_multiplier(cfg, e))
-    return opt, sched
-
-
-def _step_schedule(sched, row: dict) -> None:
-    """After an epoch: a plateau looks at its validation loss, if validated; others count it."""
-    if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
-        if "val_loss" in row:
-            sched.step(row["val_loss"])
-    else:
-        sched.step()
-
-
 def _train_epoch(
     net: nn.Module,
     model: ImageClassifier,
@@ -328,7 +275,7 @@ def train(
     model = make_model(cfg, class_names).to(run.device)
     if run.fast:
         model = model.to(memory_format=torch.channels_last)
-    opt, sched = _optimizer(model, cfg)
+    opt, sched = make_optimizer(model, cfg)
     state_dir = Path(state_dir)
     last = state_dir / "last.pt"
     data = _train_data.fingerprint(dirmap_csv, train_set, val_set, class_names)
@@ -358,7 +305,7 @@ def train(
                     {"epoch": epoch + 1, "metrics": row},
                     training_args=dataclasses.asdict(cfg),
                 )
-        _step_schedule(sched, row)
+        step_schedule(sched, row)
         row["seconds"] = time.time() - began
         rows.append(row)
         log.info("epoch %d: %s", epoch + 1, {k: round(v, 4) for k, v in row.items()})
