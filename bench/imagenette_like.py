@@ -42,9 +42,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("dest", type=Path)
     parser.add_argument("--workers", type=int, default=16)
+    parser.add_argument("--train", type=int, default=TRAIN, help="training images")
+    parser.add_argument("--val", type=int, default=VAL, help="validation images")
     args = parser.parse_args()
     jobs = []
-    for s, (split, n) in enumerate((("train", TRAIN), ("val", VAL))):
+    for s, (split, n) in enumerate((("train", args.train), ("val", args.val))):
         for i in range(n):
             label = i % CLASSES
             path = args.dest / split / f"class{label}" / f"n{label:08d}_{i:05d}.JPEG"

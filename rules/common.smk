@@ -171,6 +171,18 @@ def guide_gpus(wildcards):
     return guide_settings(wildcards).get("gpus", 1)
 
 
+def gpu_job_threads(wildcards):
+    """A stimulus job's share of the cores (its PNG encoders, which bound it): --cores over the
+    GPU slots of --resources gpu, so that one job per GPU runs at once, at most 16 (on an H200
+    16 encoders were the limit measured; a cluster run's unbounded cores stay sane)."""
+    cores, gpus = (
+        getattr(workflow.global_resources.get(k), "value", None) for k in ("_cores", "gpu")
+    )
+    if not isinstance(cores, int) or cores < 1:
+        return 8
+    return max(1, min(16, cores // (gpus if isinstance(gpus, int) and gpus > 0 else 1)))
+
+
 def eps_value(wildcards):
     return float(wildcards.eps)
 

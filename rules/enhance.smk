@@ -16,7 +16,7 @@ rule preprocess_stimuli:
         "results/benchmarks/{dataset}/preprocess_stimuli.tsv"
     conda:
         "../envs/lwise.yaml"
-    threads: 8
+    threads: gpu_job_threads
     resources:
         mem_mb=4000,
         runtime=120,
@@ -43,7 +43,7 @@ rule natural_stimuli:
         "results/benchmarks/{dataset}/natural_stimuli.tsv"
     conda:
         "../envs/lwise.yaml"
-    threads: 8
+    threads: gpu_job_threads
     resources:
         mem_mb=4000,
         runtime=120,
@@ -71,7 +71,7 @@ rule enhance:
         "results/benchmarks/{dataset}/enhance_{objective}_eps{eps}.tsv"
     conda:
         "../envs/lwise.yaml"
-    threads: 8
+    threads: gpu_job_threads
     resources:
         gpu=1,
         mem_mb=8000,

@@ -56,3 +56,20 @@ def test_shipped_configs_plan_on_their_own(tmp_path, name):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "train_guide" in proc.stdout and "enhance" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("cores", "gpus", "threads"), [(16, 1, 16), (16, 2, 8), (8, 2, 4), (64, 1, 16)]
+)
+def test_stimulus_jobs_share_the_cores_among_the_gpu_slots(tmp_path, cores, gpus, threads):
+    """One job per GPU runs at once, each with its share of the PNG encoders."""
+    proc = run_workflow(
+        tmp_path, tiny_config(), "--dry-run", "--resources", f"gpu={gpus}", cores=cores
+    )
+    rule, seen = None, {}
+    for line in proc.stdout.splitlines():
+        if line.startswith("rule "):
+            rule = line.split()[1].rstrip(":")
+        elif line.strip().startswith("threads:"):
+            seen.setdefault(rule, set()).add(int(line.split()[1]))
+    assert seen["enhance"] == {threads} and seen["natural_stimuli"] == {threads}
