@@ -16,7 +16,7 @@ from lwise.core.config import ConfigError
 from lwise.guide._optim import lr_multiplier, make_optimizer, step_schedule
 from lwise.guide.checkpoints import load_model, save_checkpoint
 from lwise.guide.models import build_model
-from lwise.guide.train import TrainConfig, _attack, run_training, train
+from lwise.guide.train import TrainConfig, _attack, _train_epoch, run_training, train
 
 
 def settings(**overrides) -> TrainConfig:
@@ -408,3 +408,25 @@ def test_resume_state_of_another_optimizer_is_discarded(tmp_path, caplog):
     fresh = torch.optim.lr_scheduler.ReduceLROnPlateau(adamw)
     assert load_state(last, key, model, adamw, fresh) == ([{"epoch": 2}], 2, 0.5)
     assert (fresh.best, fresh.num_bad_epochs) == (1.0, 1)
+
+
+def test_gradient_clipping_bounds_each_update():
+    """guide.train.grad_clip_norm (VisAlign's 0.5): one SGD step without momentum moves the
+    weights by lr x the clipped gradient, whose total norm is the bound."""
+    torch.manual_seed(0)
+    x = torch.rand(8, 3, 16, 16) * 50  # large inputs: a large gradient
+    y = torch.arange(8) % 10
+    moves = {}
+    for clip in (None, 0.5):
+        torch.manual_seed(1)
+        model = build_model("small_cnn", 10, [0.5] * 3, [0.25] * 3)
+        before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+        cfg = settings(lr=1.0, momentum=0.0, weight_decay=0.0, grad_clip_norm=clip)
+        opt, _ = make_optimizer(model, cfg)
+        loader = [(x, y, torch.arange(8))]
+        run = type("R", (), {"device": torch.device("cpu"), "fast": False, "main": True})()
+        _train_epoch(model, model, loader, opt, cfg, run, None, "t")
+        after = torch.cat([p.detach().flatten() for p in model.parameters()])
+        moves[clip] = (after - before).norm().item()
+    assert moves[0.5] == pytest.approx(0.5, rel=1e-4)
+    assert moves[None] > 1.0

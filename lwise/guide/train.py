@@ -79,6 +79,7 @@ class TrainConfig(Section):
     momentum: float
     weight_decay: float
     schedule: str
+    grad_clip_norm: float | None
     step_lr: int
     step_gamma: float
     warmup_epochs: int
@@ -227,7 +228,8 @@ def _train_epoch(
     mean training loss and accuracy over every process."""
     net.train()
     _hold_frozen_norms(model)
-    totals = [0.0, 0.0, 0.0]  # n, loss sum, correct
+    # n, loss sum, correct: summed on the device, so that no step waits for the host
+    totals = torch.zeros(3, dtype=torch.float64, device=run.device)
     for x, y, _ in progress(loader, desc=desc, disable=not run.main):
         x, y = x.to(run.device, non_blocking=True), y.to(run.device, non_blocking=True)
         if run.fast:
@@ -245,11 +247,15 @@ def _train_epoch(
             loss = nn.functional.cross_entropy(logits, target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if cfg.grad_clip_norm is not None:  # VisAlign main.py: Trainer(gradient_clip_val=0.5)
+            nn.utils.clip_grad_norm_(
+                [p for p in net.parameters() if p.grad is not None], cfg.grad_clip_norm
+            )
         opt.step()
         totals[0] += len(y)
-        totals[1] += loss.detach().item() * len(y)
-        totals[2] += (logits.argmax(1) == y).sum().item()
-    n, loss_sum, correct = all_sum(totals, run.device)
+        totals[1] += loss.detach() * len(y)
+        totals[2] += (logits.argmax(1) == y).sum()
+    n, loss_sum, correct = all_sum(totals.tolist(), run.device)
     return {"train_loss": loss_sum / n, "train_acc": correct / n}
 
 
