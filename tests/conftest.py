@@ -158,3 +158,16 @@ def core_config() -> dict:
     config["visalign"]["datasets"] = []
     config["debugging"]["datasets"] = []
     return config
+
+
+@pytest.fixture(scope="session")
+def default_run(tmp_path_factory) -> tuple[Path, dict]:
+    """The README's main job: the default config, every family, then the HTML report, run once
+    per session (the longest workflow of the suite; several tests read its results)."""
+    from lwise.publish.s3local import free_port
+
+    work = tmp_path_factory.mktemp("default_run")
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config["upload"]["local_port"] = free_port()
+    run_workflow(work, config, "--report", "results/report.html", "--report-after-run")
+    return work, config

@@ -10,7 +10,7 @@ import dill
 import pandas as pd
 import pytest
 import torch
-from conftest import SMALL_TRAIN, run_workflow, tiny_config
+from conftest import SMALL_TRAIN, core_config, run_workflow, tiny_config
 
 from lwise.guide.checkpoints import load_model, save_checkpoint
 
@@ -53,10 +53,7 @@ def write_layout(layout: str, model, path):
 
 
 def checkpoint_config(path, *, trusted: bool) -> dict:
-    config = tiny_config()
-    # The learning experiment's blocks need more images per class than tiny_config keeps
-    # (its CurriculumError: 'needs 10 image(s), only 6 available'); it does not load the guide.
-    config["experiments"]["enabled"] = False
+    config = core_config()  # the core chain; the families read the guide the same way
     config["guide"].update(
         checkpoint=str(path), trusted=trusted, arch="small_cnn",
         image_size=SMALL_TRAIN["image_size"],

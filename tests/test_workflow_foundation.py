@@ -19,7 +19,6 @@ from conftest import (
 from httpserver import serve
 
 from lwise.data import dirmap
-from lwise.publish.s3local import free_port
 
 
 def _tgz_of(folder):
@@ -55,32 +54,30 @@ def _build(workdir, config, *args, check=True):
 
 
 @pytest.mark.slow
-def test_default_run_end_to_end_with_report_and_second_run_is_a_no_op(tmp_path):
-    config = yaml.safe_load((REPO / "config.yaml").read_text())
-    config["upload"]["local_port"] = free_port()
-    dry = run_workflow(tmp_path, config, "--dry-run")
+def test_default_run_end_to_end_with_report_and_second_run_is_a_no_op(default_run, tmp_path):
+    work, config = default_run
+    dry = run_workflow(tmp_path, config, "--dry-run")  # what a fresh checkout plans
     stages = "download dirmap imagefolder train_guide score_difficulty enhance natural_stimuli"
     for rule in (stages + " upload simulate_observers evaluate_alignment").split():
         assert f"rule {rule}:" in dry.stdout
-    run_workflow(tmp_path, config, "--report", "results/report.html", "--report-after-run")
-    df = dirmap.read(tmp_path / "results/digits/imagefolder/dirmap.csv")
+    df = dirmap.read(work / "results/digits/imagefolder/dirmap.csv")
     assert len(df) == 1797 and df["class"].nunique() == 10
     assert df.groupby("split").size().to_dict() == {"train": 1437, "val": 360}
     for name in ("download", "dirmap", "imagefolder", "train_guide", "score_difficulty"):
-        assert (tmp_path / f"results/logs/digits/{name}.log").exists()
-        assert (tmp_path / f"results/benchmarks/digits/{name}.tsv").exists()
-    scored = dirmap.read(tmp_path / "results/digits/difficulty/dirmap.csv")
+        assert (work / f"results/logs/digits/{name}.log").exists()
+        assert (work / f"results/benchmarks/digits/{name}.tsv").exists()
+    scored = dirmap.read(work / "results/digits/difficulty/dirmap.csv")
     assert scored["correct"].mean() > 0.8  # the guide model learnt the digits
     for eps in ("0.5", "1", "2", "4"):
-        gain = dirmap.read(tmp_path / f"results/digits/stimuli/logit_eps{eps}/dirmap.csv")[
+        gain = dirmap.read(work / f"results/digits/stimuli/logit_eps{eps}/dirmap.csv")[
             "logit_gain"
         ]
         assert gain.mean() > 0
-    summary = tmp_path / "results/digits/alignment_synthetic/summary.csv"
+    summary = work / "results/digits/alignment_synthetic/summary.csv"
     assert summary.exists() and pd.read_csv(summary)["synthetic"].all()
-    report = (tmp_path / "results/report.html").read_text(errors="replace")
+    report = (work / "results/report.html").read_text(errors="replace")
     assert "synthetic" in report
-    assert nothing_to_do(tmp_path, config)
+    assert nothing_to_do(work, config)
 
 
 def test_http_archive_with_checksum(tmp_path, archive_server):
