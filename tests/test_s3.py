@@ -18,14 +18,9 @@ from s3server import moto_s3_server
 
 from lwise.data import dirmap
 from lwise.data.dirmap import DirmapError
+from lwise.publish.bucket import S3AccessDenied, S3CredentialsError, S3UploadError
 from lwise.publish.naming import bucket_name, key_prefix, object_url
-from lwise.publish.s3 import (
-    S3AccessDenied,
-    S3CredentialsError,
-    S3UploadError,
-    UploadConfig,
-    upload_image_set,
-)
+from lwise.publish.s3 import UploadConfig, upload_image_set
 
 ALL_USERS = "http://acs.amazonaws.com/groups/global/AllUsers"
 
