@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import tempfile
@@ -36,14 +37,16 @@ from torch.utils.data import DataLoader
 
 from lwise.data import dirmap
 from lwise.data.loading import DirmapImages, eval_transform
+from lwise.guide._distributed import Run
+from lwise.guide._optim import make_optimizer
 from lwise.guide.attacks import pgd
 from lwise.guide.checkpoints import load_model
 from lwise.guide.fast import FAST_DTYPES, ConvReLU, prepare_fast
-from lwise.guide.models import ImageClassifier, Normalize
-from lwise.guide.train import TrainConfig, train
+from lwise.guide.models import ImageClassifier, Normalize, build_model
+from lwise.guide.train import TrainConfig, _train_epoch, train
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-PARTS = ("enhance", "floor", "scoring", "training")
+PARTS = ("enhance", "floor", "scoring", "training", "train_step")
 TRAIN_CLASSES = 16
 
 
@@ -478,6 +481,84 @@ def bench_training(args, gen) -> dict:
     return result
 
 
+def robustness_step(model, opt, x, y, eps: float, steps: int, step_size: float) -> None:
+    """One training step of the robustness library's `train_loop` with its defaults, rewritten
+    here (it is not a dependency): the model's `make_adv` call attacks in eval mode with the L2
+    step (gradient over its per-image L2 norm + 1e-10, times the step size; renorm to eps; clamp
+    to [0, 1]) and keeps each image's best iterate (`use_best`, one more forward at the end),
+    then the cross-entropy update in train mode; fp32 with PyTorch's default precision flags."""
+    model.eval()
+    adv, best, best_loss = x.clone(), None, None
+
+    def keep_best(losses: torch.Tensor, adv: torch.Tensor) -> None:  # its `replace_best`
+        nonlocal best, best_loss
+        if best_loss is None:
+            best, best_loss = adv.clone(), losses.clone()
+            return
+        better = best_loss < losses
+        best_loss = torch.where(better, losses, best_loss)
+        best = torch.where(better[:, None, None, None], adv, best)
+
+    for _ in range(steps):
+        adv = adv.detach().requires_grad_(True)
+        losses = F.cross_entropy(model(adv), y, reduction="none")
+        (grad,) = torch.autograd.grad(losses.mean(), [adv])
+        keep_best(losses.detach(), adv.detach())
+        norm = grad.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+        stepped = adv.detach() + grad / (norm + 1e-10) * step_size
+        adv = (x + (stepped - x).renorm(p=2, dim=0, maxnorm=eps)).clamp(0, 1)
+    with torch.no_grad():
+        keep_best(F.cross_entropy(model(adv), y, reduction="none"), adv)
+    model.train()
+    loss = F.cross_entropy(model(best), y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
+def _repeat(fn: Callable[[], object], times: int) -> None:
+    for _ in range(times):
+        fn()
+
+
+def bench_train_step(args, device: torch.device, gen) -> dict:
+    """Images/s of a training step on tensors already on the device: ours (`_train_epoch`:
+    bf16 autocast, channels_last, fast-mode attack on a GPU) and robustness's
+    (`robustness_step`), same model, batch, eps and attack steps, in this one run."""
+    batch, repeats = args.train_batch, 3 if args.quick else 10
+    x = random_images(batch, args.size, gen).to(device)
+    y = torch.randint(0, TRAIN_CLASSES, (batch,), generator=gen).to(device)
+    cfg = TrainConfig.from_config({
+        "arch": args.arch, "image_size": args.size, "batch_size": batch, "eps": args.train_eps,
+        "attack_steps": args.train_steps, "attack_lr": args.train_step_size,
+    })  # fmt: skip
+    result = {"batch": batch, "eps": args.train_eps, "steps": args.train_steps}
+    for name in ("robustness", "ours"):
+        torch.manual_seed(args.seed)
+        model = build_model(args.arch, TRAIN_CLASSES, IMAGENET_MEAN, IMAGENET_STD).to(device)
+        opt, _ = make_optimizer(model, cfg)
+        if name == "ours":
+            run = Run(device, 0, 1)
+            if run.fast:
+                model = model.to(memory_format=torch.channels_last)
+            batches = [(x, y, None)] * repeats
+            step = functools.partial(
+                _train_epoch, model, model, batches, opt, cfg, run, None, "train step"
+            )
+        else:
+            one = functools.partial(
+                robustness_step, model, opt, x, y, cfg.eps, cfg.attack_steps, cfg.attack_lr
+            )
+            step = functools.partial(_repeat, one, repeats)
+        step()  # warm-up (cuDNN algorithms)
+        _, seconds = timed(device, step)
+        result[name] = batch * repeats / seconds
+        print(f"  training step, {name}: {result[name]:.1f} images/s", flush=True)
+    result["ratio"] = result["ours"] / result["robustness"]
+    print(f"  ours / robustness: {result['ratio']:.2f}x", flush=True)
+    return result
+
+
 def main() -> None:
     args = parse_args()
     device = torch.device(args.device)
@@ -527,6 +608,8 @@ def main() -> None:
         results["scoring"] = bench_scoring(args, device, fast_models[dtype], dtype, gen)
     if "training" in args.parts:
         results["training"] = bench_training(args, gen)
+    if "train_step" in args.parts:
+        results["train_step"] = bench_train_step(args, device, gen)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 
