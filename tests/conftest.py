@@ -171,3 +171,13 @@ def default_run(tmp_path_factory) -> tuple[Path, dict]:
     config["upload"]["local_port"] = free_port()
     run_workflow(work, config, "--report", "results/report.html", "--report-after-run")
     return work, config
+
+
+@pytest.fixture(scope="session")
+def finished(tmp_path_factory) -> tuple[Path, dict]:
+    """The core chain (`core_config`) run to the end once per session. Tests only plan on it
+    (dry runs) or rerun what a changed config asks for, never the base config's outputs."""
+    work = tmp_path_factory.mktemp("dag")
+    config = core_config()
+    run_workflow(work, config)
+    return work, config

@@ -209,17 +209,16 @@ def test_a_steps_mapping_may_name_only_configured_epsilons():
 
 
 @pytest.mark.slow
-def test_views_and_one_epsilons_steps_rerun_only_that_enhancement(tmp_path):
+def test_views_and_one_epsilons_steps_rerun_only_that_enhancement(finished):
     import copy
 
-    from conftest import run_workflow, tiny_config
+    from conftest import run_workflow
 
-    config = tiny_config()
+    work, config = finished
     target = "results/digits/stimuli/logit_eps1"
-    run_workflow(tmp_path, config, target)
 
     def planned(changed):
-        out = run_workflow(tmp_path, changed, "--dry-run", target)
+        out = run_workflow(work, changed, "--dry-run", target)
         text = out.stdout + out.stderr
         return "Nothing to be done" not in text and "enhance" in text.split("Job stats:")[-1]
 

@@ -23,14 +23,6 @@ def planned_jobs(proc: subprocess.CompletedProcess) -> dict[str, int]:
     }
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    work = tmp_path_factory.mktemp("dag")
-    config = core_config()
-    run_workflow(work, config)
-    return work, config
-
-
 @pytest.mark.slow
 def test_full_tiny_run_then_nothing_to_do(finished):
     work, config = finished
