@@ -232,6 +232,8 @@ def test_the_report_rules_are_planned_and_a_ready_checkpoint_has_no_curves(tmp_p
 
 
 @pytest.mark.slow
+# The session's default run (all families, 1,797 images) is set up by the first of these.
+@pytest.mark.timeout(1800)
 def test_the_html_report_shows_the_tables_and_figures(default_run):
     """The default run's `--report`: every new entry is in it, captioned."""
     work, config = default_run

@@ -54,6 +54,8 @@ def _build(workdir, config, *args, check=True):
 
 
 @pytest.mark.slow
+# The session's default run (all families, 1,797 images) is set up by the first of these.
+@pytest.mark.timeout(1800)
 def test_default_run_end_to_end_with_report_and_second_run_is_a_no_op(default_run, tmp_path):
     work, config = default_run
     dry = run_workflow(tmp_path, config, "--dry-run")  # what a fresh checkout plans
