@@ -183,3 +183,75 @@ def test_limits_allow_exactly_the_limit(tmp_path):
     ratio = 1000 / z.stat().st_size
     with pytest.raises(ArchiveTooLargeError, match=rf"would expand to 1,000 \({ratio:.0f}x\)"):
         extract(z, tmp_path / "out4", limits=ExtractLimits(max_bytes=10**9, max_ratio=ratio * 0.99))
+
+
+# --- issue 13 item 16: survivors of the mutmut 3.8.1 run over lwise/data/archive.py --------------
+
+
+def test_archive_exactly_at_the_ratio_limit_passes_and_errors_say_nothing_was_extracted(tmp_path):
+    def stored(path, n):
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+            zf.writestr("x.bin", b"\0" * n)
+        return path
+
+    overhead = stored(tmp_path / "empty.zip", 0).stat().st_size
+    z = stored(tmp_path / "a.zip", overhead)  # half of the archive is the member: ratio 0.5
+    assert z.stat().st_size == 2 * overhead
+    extract(z, tmp_path / "out", limits=ExtractLimits(max_bytes=10**9, max_ratio=0.5))
+    assert (tmp_path / "out/x.bin").stat().st_size == overhead
+    for limits in (ExtractLimits(overhead - 1, 1e9), ExtractLimits(10**9, 0.49)):
+        with pytest.raises(ArchiveTooLargeError, match="; nothing was extracted$"):
+            extract(z, tmp_path / "refused", limits=limits)
+
+
+def test_one_letter_and_bare_drive_member_names(tmp_path):
+    z = tmp_path / "short.zip"
+    with zipfile.ZipFile(z, "w") as zf:
+        zf.writestr("a", "1")  # a one-character name is an ordinary file
+    assert extract(z, tmp_path / "out") == ["a"]
+    assert (tmp_path / "out/a").read_text() == "1"
+    with zipfile.ZipFile(tmp_path / "drive.zip", "w") as zf:
+        zf.writestr(zipfile.ZipInfo("C:"), "x")  # a bare drive, Windows' current folder there
+    with pytest.raises(UnsafeArchiveError, match="'C:' has an absolute path"):
+        extract(tmp_path / "drive.zip", tmp_path / "out2")
+
+
+def test_tar_device_or_fifo_member_is_refused_by_name(tmp_path):
+    t = tmp_path / "dev.tar"
+    with tarfile.open(t, "w") as tar:
+        tar.addfile(tarfile.TarInfo("ok/fine.txt"), io.BytesIO(b""))
+        fifo = tarfile.TarInfo("ok/pipe")
+        fifo.type = tarfile.FIFOTYPE
+        tar.addfile(fifo)
+    with pytest.raises(UnsafeArchiveError, match=r"dev\.tar: member 'ok/pipe' is a device or fifo"):
+        extract(t, tmp_path / "out")
+    assert not (tmp_path / "out/ok").exists()
+
+
+def test_extracting_into_an_existing_folder_adds_to_it(tmp_path):
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw/notes.txt").write_text("kept")
+    z = tmp_path / "a.zip"
+    with zipfile.ZipFile(z, "w") as zf:
+        zf.writestr("x.txt", "zip")
+    t = _tar(tmp_path / "b.tar.gz", [{"name": "y.txt", "data": b"tar"}])
+    extract(z, tmp_path / "raw")
+    extract(t, tmp_path / "raw")
+    assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == ["notes.txt", "x.txt", "y.txt"]
+
+
+def test_tar_setuid_and_world_writable_bits_are_dropped(tmp_path):
+    t = tmp_path / "modes.tar"
+    with tarfile.open(t, "w") as tar:
+        info = tarfile.TarInfo("bin/tool")
+        info.size, info.mode = 2, 0o4777  # setuid, writable by everyone
+        tar.addfile(info, io.BytesIO(b"#!"))
+    extract(t, tmp_path / "out")
+    mode = (tmp_path / "out/bin/tool").stat().st_mode & 0o7777
+    assert mode & 0o4000 == 0 and mode & 0o022 == 0 and mode & 0o700 == 0o700
+
+
+def test_unsupported_archive_names_the_file_and_the_supported_suffixes(tmp_path):
+    (tmp_path / "photos.rar").write_bytes(b"Rar!")
+    with pytest.raises(ValueError, match=r"photos\.rar: not a supported archive \(\.zip, \.tar, "):
+        extract(tmp_path / "photos.rar", tmp_path / "out")

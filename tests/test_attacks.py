@@ -2,6 +2,7 @@
 
 import logging
 import math
+import re
 
 import pytest
 import torch
@@ -438,3 +439,217 @@ def test_logit_diverge_from_named_classes_moves_away_from_them(digits_model):
     untargeted = margin(pgd(model, x, y, **kwargs)) - before
     assert (targeted > 0).float().mean() > 0.95 and targeted.mean() > 1.0
     assert targeted.mean() > untargeted.mean() + 0.3
+
+
+# --- issue 13 item 16: survivors of the mutmut 3.8.1 run over lwise/guide/attacks.py -------------
+
+
+def _mid(*shape, seed=0):
+    """Values in [0.4, 0.6]: small steps never reach the [0, 1] clamp."""
+    return 0.4 + 0.2 * torch.rand(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def test_l2_step_adds_1e_10_to_the_gradient_norm_as_robustness_does():
+    x = torch.zeros(1, 1, dtype=torch.float64)
+    grad = torch.full((1, 1), 1e-10, dtype=torch.float64)
+    assert l2_step(x, grad, step_size=0.5).item() == 0.25  # 0.5 · 1e-10 / (1e-10 + 1e-10)
+
+
+def test_l2_project_is_torch_renorm_then_clamp():
+    """robustness `L2Step.project` uses torch.renorm: only norms above eps shrink, by
+    eps/(norm + 1e-7); a perturbation exactly on the sphere stays as it is."""
+    x0 = torch.full((4, 4), 0.5, dtype=torch.float64)
+    delta = torch.tensor(
+        [[0.25, 0, 0, 0], [0.25, 0.25, 0.25, 0.25], [0.125, 0, 0, 0], [3.0, 4.0, 0, 0]],
+        dtype=torch.float64,
+    )
+    out = l2_project(x0 + delta, x0, eps=0.25)
+    assert torch.equal(out, torch.clamp(x0 + torch.renorm(delta, p=2, dim=0, maxnorm=0.25), 0, 1))
+    assert torch.equal(out[0], x0[0] + delta[0])
+
+
+@pytest.mark.parametrize("start", [l2_random_start, linf_random_start])
+def test_random_starts_stay_in_the_unit_range_and_follow_the_generator(start):
+    x = torch.zeros(4, 3, 5, 5)
+    x[2:] = 1.0
+    a = start(x, 0.5, torch.Generator().manual_seed(0))
+    assert a.min() >= 0 and a.max() <= 1
+    assert (a[:2] > 0).any() and (a[2:] < 1).any()  # moved inwards from both bounds
+    assert torch.equal(a, start(x, 0.5, torch.Generator().manual_seed(0)))
+    assert not torch.equal(a, start(x, 0.5, torch.Generator().manual_seed(1)))
+
+
+def test_logit_diverge_with_two_classes_and_its_errors():
+    logits, y = torch.tensor([[1.0, 3.0], [2.0, -1.0]]), torch.tensor([0, 0])
+    assert torch.equal(objective_loss(logits, y, "logit_diverge"), torch.tensor([2.0, -3.0]))
+    with pytest.raises(ValueError, match="^logit_diverge needs at least two classes$"):
+        objective_loss(torch.zeros(1, 1), torch.tensor([0]), "logit_diverge")
+    y = torch.tensor([0, 1])
+    with pytest.raises(ValueError, match="^competitors has 3 rows for 2 labels$"):
+        objective_loss(torch.zeros(2, 4), y, "logit_diverge", torch.ones(3, 4, dtype=torch.bool))
+    one_without = torch.tensor([[False, True, True, False], [False, True, False, False]])
+    with pytest.raises(ValueError, match="^logit_diverge: some sample has no competing class"):
+        objective_loss(torch.zeros(2, 4), y, "logit_diverge", one_without)
+
+
+class _Precision(nn.Module):
+    """Records, for every call, the autocast dtype the model runs under (None: full precision)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.seen = inner, []
+
+    def forward(self, x):
+        on = torch.is_autocast_enabled(x.device.type)
+        self.seen.append(torch.get_autocast_dtype(x.device.type) if on else None)
+        return self.inner(x)
+
+
+@pytest.mark.parametrize(
+    "mode, fast_dtype, expected",
+    [("reference", "float16", None), ("fast", "float16", torch.float16),
+     ("fast", "bfloat16", torch.bfloat16)],
+)  # fmt: skip
+def test_the_model_runs_in_the_precision_of_the_mode(linear_model, caplog, mode, fast_dtype,
+                                                     expected):  # fmt: skip
+    model = _Precision(linear_model).eval()
+    x, y = _mid(2, 3, 4, 4), torch.tensor([0, 1])
+    with caplog.at_level(logging.WARNING, logger="lwise.guide.attacks"):
+        out = pgd(model, x, y, eps=1.0, step_size=0.5, steps=2, mode=mode, fast_dtype=fast_dtype)
+    assert model.seen == [expected] * 3  # two steps, then the loss of the last iterate
+    assert out.shape == x.shape and out.dtype == x.dtype and caplog.text == ""
+
+
+def test_fast_mode_steps_where_a_batch_mean_gradient_would_underflow_float16():
+    """Fast mode differentiates the sum of the losses: with the mean, 1/64 of a gradient of
+    2^-20 is 2^-26, which float16 rounds to zero, and the images would not move."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(48, 5, bias=False)).eval()
+    signs = torch.sign(torch.randn(5, 48, generator=torch.Generator().manual_seed(0)))
+    with torch.no_grad():
+        model[1].weight.copy_(signs * 2.0**-20)
+    x, y = _mid(64, 3, 4, 4), torch.arange(64) % 5
+    kwargs = {"eps": 1.0, "step_size": 0.5, "steps": 1, "objective": "logit"}
+    reference = pgd(model, x, y, **kwargs)
+    fast = pgd(model, x, y, mode="fast", **kwargs)
+    # Reference mode is robustness' step: the gradient of the batch mean, whose norm
+    # (sqrt(48)·2^-20/64) is small enough here for the 1e-10 to shorten the step.
+    grad = model[1].weight.detach()[y] / 64
+    norm = grad.norm(dim=1, keepdim=True)
+    assert torch.allclose(reference, x + (0.5 * grad / (norm + 1e-10)).view_as(x), atol=1e-6)
+    assert (reference - x).abs().max() > 0.05
+    # The same step (up to robustness' 1e-10 added to the norm of a tiny gradient).
+    assert torch.allclose(fast, reference, atol=1e-3)
+
+
+def test_a_non_finite_gradient_is_a_zero_step_and_the_warning_counts_it(linear_model, caplog):
+    class Model(nn.Module):
+        def forward(self, x):
+            return linear_model(_InfGradient.apply(x))
+
+    x = torch.cat([torch.full((1, 3, 4, 4), 0.9), _mid(2, 3, 4, 4) - 0.2])  # means 0.9, < 0.5
+    kwargs = {"eps": 1.0, "step_size": 0.25, "steps": 1, "objective": "logit", "mode": "fast"}
+    with caplog.at_level(logging.WARNING, logger="lwise.guide.attacks"):
+        out = pgd(Model().eval(), x, torch.tensor([0, 1, 2]), use_best=False, **kwargs)
+    assert torch.equal(out[0], x[0]) and not torch.equal(out[1:], x[1:])
+    assert [r.getMessage() for r in caplog.records] == [
+        "1 of 3 images had non-finite float16 gradients in 1 steps in all (skipped); "
+        "fast_dtype bfloat16 has the range of float32"
+    ]
+
+
+def test_views_average_the_loss_over_the_views_at_every_step(linear_model):
+    x, y = _mid(2, 3, 4, 4), torch.tensor([0, 1])
+
+    def mirrored(t):  # two views per image, view-major
+        return torch.cat([t, t.flip(-1)])
+
+    out = pgd(linear_model, x, y, eps=10.0, step_size=0.05, steps=2, objective="logit",
+              views=mirrored)  # fmt: skip
+    # The logit's gradient, averaged over both views, is w_y + flip(w_y) (up to a factor).
+    w = linear_model[1].weight.detach().view(5, 3, 4, 4)[y]
+    d = w + w.flip(-1)
+    d = d / d.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+    assert torch.allclose(out, x + 2 * 0.05 * d, atol=1e-6)
+
+
+def test_one_logit_diverge_step_moves_away_from_the_named_classes_only(linear_model):
+    x, y = _mid(2, 3, 4, 4), torch.tensor([0, 1])
+    named = torch.tensor([False, False, True, True, False])
+    out = pgd(linear_model, x, y, eps=10.0, step_size=0.1, steps=1, objective="logit_diverge",
+              competitors=named, use_best=False)  # fmt: skip
+    w = linear_model[1].weight.detach()
+    d = w[y] - w[[2, 3]].mean(0)  # the gradient of z_y − mean(z_2, z_3)
+    assert torch.allclose(out, x + 0.1 * (d / d.norm(dim=1, keepdim=True)).view_as(x), atol=1e-6)
+
+
+@pytest.mark.parametrize("constraint, start", [("2", l2_random_start), ("inf", linf_random_start)])
+@pytest.mark.parametrize("restarts", [1, 2])
+def test_random_start_and_restarts_draw_from_the_generator_in_turn(linear_model, constraint, start,
+                                                                   restarts):  # fmt: skip
+    x, y = _mid(8, 3, 4, 4), torch.arange(8) % 5
+    # No steps: every run returns its start, so the result shows where the runs started.
+    kwargs = {"eps": 0.3, "step_size": 0.1, "steps": 0, "constraint": constraint,
+              "objective": "logit"}  # fmt: skip
+    first = pgd(linear_model, x, y, random_start=True, generator=torch.Generator().manual_seed(0),
+                **kwargs)  # fmt: skip
+    assert torch.equal(first, start(x, 0.3, torch.Generator().manual_seed(0)))
+    unseeded = pgd(linear_model, x, y, random_start=True, **kwargs)  # the global generator
+    delta = (unseeded - x).flatten(1)
+    if constraint == "2":  # on the sphere
+        assert torch.allclose(delta.norm(dim=1), torch.full((8,), 0.3), atol=1e-5)
+    else:  # in the box
+        assert 0.2 < delta.abs().max() <= 0.3 + 1e-7
+    # Run 0 starts at x, each restart at the generator's next draw; per sample the lowest
+    # (enhancement) loss wins.
+    gen = torch.Generator().manual_seed(1)
+    candidates = [x] + [start(x, 0.3, gen) for _ in range(restarts)]
+    with torch.no_grad():
+        losses = torch.stack([objective_loss(linear_model(c), y, "logit") for c in candidates])
+    best = losses.argmin(0)
+    assert (best == 0).any() and (best == restarts).any() and (best < restarts).any()
+    expected = torch.stack([candidates[b][i] for i, b in enumerate(best.tolist())])
+    for use_best in (True, False):
+        got = pgd(linear_model, x, y, restarts=restarts, use_best=use_best,
+                  generator=torch.Generator().manual_seed(1), **kwargs)  # fmt: skip
+        assert torch.equal(got, expected)
+
+
+def test_zero_radius_or_zero_steps_return_the_images_themselves(linear_model):
+    x, y = _mid(2, 3, 4, 4), torch.tensor([0, 1])
+    for kwargs in ({"eps": 0.0, "steps": 3}, {"eps": 1.0, "steps": 0}):
+        assert torch.equal(pgd(linear_model, x, y, step_size=0.5, **kwargs), x)
+
+
+def test_the_best_iterate_is_the_default():
+    x0 = torch.zeros(1, 3, 2, 2)
+    out = pgd(MeanTarget(0.3).eval(), x0, torch.tensor([0]), eps=100.0,
+              step_size=0.25 * math.sqrt(12), steps=2, objective="logit")  # fmt: skip
+    assert torch.allclose(out, torch.full_like(x0, 0.25))  # x1, not the overshooting x2
+
+
+def test_pgd_refuses_unknown_choices_naming_the_valid_ones(linear_model):
+    x, y = _mid(2, 3, 4, 4), torch.tensor([0, 1])
+    kwargs = {"eps": 1, "step_size": 0.5, "steps": 1}
+    # A plain function has no training flag: it is taken as ready.
+    assert pgd(lambda t: linear_model(t), x, y, **kwargs).shape == x.shape
+    cases = [
+        ({"constraint": "1"}, "unknown constraint '1'; valid: 2, inf"),
+        ({"direction": "up"}, "unknown direction 'up'; valid: enhance, attack"),
+        ({"mode": "turbo"}, "unknown mode 'turbo'; valid: reference, fast"),
+        ({"fast_dtype": "float8"}, "unknown fast_dtype 'float8'; valid: float16, bfloat16"),
+    ]
+    for extra, message in cases:
+        with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+            pgd(linear_model, x, y, **kwargs, **extra)
+    with pytest.raises(ValueError, match=r"^2 images but 3 labels$"):
+        pgd(linear_model, x, torch.tensor([0, 1, 2]), **kwargs)
+    with pytest.raises(ValueError, match=r"^put the model in eval mode before pgd \(BatchNorm"):
+        pgd(linear_model.train(), x, y, **kwargs)
+
+
+def test_half_precision_images_are_perturbed_in_float32_and_returned_as_given(linear_model):
+    x, y = _mid(2, 3, 4, 4).half(), torch.tensor([0, 1])
+    kwargs = {"eps": 1.0, "step_size": 0.5, "steps": 2, "objective": "logit"}
+    out = pgd(linear_model, x, y, **kwargs)
+    assert out.dtype == torch.float16
+    assert torch.equal(out, pgd(linear_model, x.float(), y, **kwargs).half())

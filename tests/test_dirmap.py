@@ -141,3 +141,101 @@ def test_an_empty_class_num_beside_a_filled_one_is_reported_not_a_crash(tmp_path
     df = pd.DataFrame([_row(im="a.png"), _row(im="b.png", num=None)])
     found = dirmap.problems(df, None)
     assert any("empty 'class_num' at line(s) 3" in p for p in found)
+
+
+# --- issue 13 item 16: survivors of the mutmut 3.8.1 run over lwise/data/dirmap.py ----------------
+
+
+def test_six_bad_rows_list_five_lines_and_count_one_more():
+    found = dirmap.problems(pd.DataFrame([_row(num="x", im=f"x{i}.png") for i in range(6)]), None)
+    assert "'class_num' is not an integer at line(s) 2, 3, 4, 5, 6 (+1 more)" in found
+
+
+def test_class_num_comes_back_as_the_integers_in_the_file(tmp_path):
+    make_image(tmp_path / "a.png")
+    make_image(tmp_path / "b.png")
+    path = tmp_path / "dirmap.csv"
+    path.write_text("split,class,class_num,im_path\ntrain,cat,4.0,a.png\ntrain,dog,7,b.png\n")
+    df = dirmap.read(path)
+    assert df["class_num"].tolist() == [4, 7] and df["class_num"].dtype.kind == "i"
+    assert list(df.columns) == list(dirmap.REQUIRED)
+
+
+def test_check_files_false_skips_only_the_file_check(tmp_path):
+    rows = [_row(im="not/there.png"), _row(cls="dog", num=1, im="nor/here.png")]
+    df = dirmap.read(_write(tmp_path, rows), check_files=False)
+    assert df["im_path"].tolist() == ["not/there.png", "nor/here.png"]
+    out = dirmap.write(pd.DataFrame(rows), tmp_path / "w.csv", check_files=False)
+    assert len(out) == 2 and (tmp_path / "w.csv").is_file()
+    with pytest.raises(dirmap.DirmapError, match="duplicate 'im_path'"):
+        dirmap.read(_write(tmp_path, [_row(im="x.png")] * 2), check_files=False)
+
+
+def test_write_and_validate_check_files_by_default(tmp_path):
+    df = pd.DataFrame([_row(im="gone.png")])
+    with pytest.raises(
+        dirmap.DirmapError, match=r"(?s)d\.csv: invalid dirmap.*missing at line\(s\) 2"
+    ):
+        dirmap.write(df, tmp_path / "d.csv")
+    assert not (tmp_path / "d.csv").exists()
+    with pytest.raises(dirmap.DirmapError, match="missing"):
+        dirmap.validate(df, tmp_path / "d.csv")
+
+
+def test_write_creates_missing_parent_folders(tmp_path):
+    make_image(tmp_path / "a.png")
+    out = tmp_path / "new/deeper/d.csv"
+    dirmap.write(pd.DataFrame([_row(im="../../a.png")]), out)
+    assert pd.read_csv(out)["im_path"].tolist() == ["../../a.png"]
+
+
+def test_every_problem_is_a_bullet_on_its_own_line(tmp_path):
+    rows = [_row(split="training", im="a.png"), _row(im="a.png")]
+    with pytest.raises(dirmap.DirmapError) as err:
+        dirmap.validate(pd.DataFrame(rows), tmp_path / "d.csv", check_files=False)
+    lines = str(err.value).splitlines()
+    assert lines[0] == f"{tmp_path / 'd.csv'}: invalid dirmap:"
+    assert lines[1].startswith("  - unknown split value(s) ['training']")
+    assert lines[2] == "  - duplicate 'im_path' at line(s) 2, 3"
+
+
+def test_non_utf8_byte_is_shown_with_its_own_line_number(tmp_path):
+    path = tmp_path / "dirmap.csv"
+    path.write_bytes(
+        b"split,class,class_num,im_path\ntrain,cat,0,a.png\ntrain,caf\xe9,1,b.png\n"
+        b"train,dog,2,c.png\ntrain,eel,3,d.png\n"
+    )
+    with pytest.raises(
+        dirmap.DirmapError,
+        match=r"dirmap\.csv: not UTF-8 text: byte b'\\xe9' at line 3; save the CSV as UTF-8$",
+    ):
+        dirmap.read(path, check_files=False)
+
+
+def test_malformed_csv_and_missing_file_name_the_path(tmp_path):
+    path = tmp_path / "dirmap.csv"
+    path.write_text('split,class,class_num,im_path\ntrain,"cat,0,a.png\n')
+    with pytest.raises(dirmap.DirmapError, match=r"dirmap\.csv: not a valid CSV: .*EOF"):
+        dirmap.read(path, check_files=False)
+    with pytest.raises(dirmap.DirmapError, match=r"nothere\.csv: dirmap not found$"):
+        dirmap.read(tmp_path / "nothere.csv")
+
+
+def test_outside_error_lists_every_root_and_the_config_key(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    make_image(tmp_path / "c/x.png")
+    a.mkdir()
+    path = _write(a, [_row(im="../c/x.png")])
+    with pytest.raises(dirmap.DirmapError) as err:
+        dirmap.read(path, roots=[a, b])
+    assert str(err.value).endswith(
+        f"images must lie under {a}, {b} (list other folders in the dataset's 'image_roots')"
+    )
+
+
+def test_relative_to_expresses_paths_from_the_folder_with_slashes(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    paths = pd.Series([str(tmp_path / "raw/cat/a.png"), "raw/dog/b.png", str(tmp_path / "c.png")])
+    out = dirmap.relative_to(paths, tmp_path / "raw")
+    assert out.tolist() == ["cat/a.png", "dog/b.png", "../c.png"]
+    assert dirmap.relative_to(paths, "raw").tolist() == out.tolist()  # a cwd-relative folder

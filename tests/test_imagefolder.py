@@ -1,4 +1,6 @@
+import logging
 import os
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -236,3 +238,156 @@ def test_subset_numbers_classes_by_sorted_name_and_keeps_a_finer_orig_class_num(
 def test_empty_class_list_is_a_config_error(tmp_path):
     with pytest.raises(ValueError, match=r"build\.classes \[\].*(short|non-empty)"):
         BuildOptions.from_config({"classes": []})
+
+
+# --- issue 13 item 16: survivors of the mutmut 3.8.1 run over lwise/data/imagefolder.py ----------
+
+
+def _recipe(tmp_path, rows):
+    """A recipe dirmap at tmp_path/dirmap.csv over images made under tmp_path/raw."""
+    for row in rows:
+        make_image(tmp_path / row["im_path"], **row.pop("image", {}))
+    pd.DataFrame(rows).to_csv(tmp_path / "dirmap.csv", index=False)
+    return tmp_path / "dirmap.csv"
+
+
+def _row(path, cls="a", num=0, split="train", **extra):
+    return {"split": split, "class": cls, "class_num": num, "im_path": path, **extra}
+
+
+def test_size_given_as_a_yaml_list_becomes_a_tuple(recipe, tmp_path):
+    opts = BuildOptions.from_config({"size": [8, 6], "resize": "squash"})
+    assert opts.size == (8, 6)
+    build(recipe, tmp_path / "o", opts)
+    with Image.open(tmp_path / "o/train/ant/ant_train_0.png") as im:
+        assert im.size == (8, 6)
+
+
+def test_inclusive_class_match_with_no_hit_names_the_pattern(recipe, tmp_path):
+    with pytest.raises(ValueError, match=r"no class matches \['zebra'\]"):
+        opts = BuildOptions.from_config(dict(classes=["zebra"], classes_inclusive=True))
+        build(recipe, tmp_path / "o", opts)
+
+
+def test_oversampling_is_reproducible_and_numbers_each_images_copies_from_one(recipe, tmp_path):
+    opts = BuildOptions.from_config(dict(oversample=True))
+    a = build(recipe, tmp_path / "a", opts)
+    b = build(recipe, tmp_path / "b", opts)
+    assert a.equals(b)
+    copies = a[a["copy"] > 0]
+    for _, group in copies.groupby("orig_im_path"):
+        assert sorted(group["copy"]) == list(range(1, len(group) + 1))
+        stem = Path(group["orig_im_path"].iloc[0]).stem
+        assert sorted(group["im_path"]) == sorted(
+            f"{r.split}/{r._2}/{stem}__copy{r.copy}.png" for r in group.itertuples()
+        )
+
+
+def test_same_file_names_in_one_class_get_numbered_suffixes(tmp_path):
+    rows = [_row(f"raw/{d}/cat.png") for d in ("x", "y", "z")] + [_row("raw/w/CAT.png")]
+    out = build(_recipe(tmp_path, rows), tmp_path / "o", BuildOptions.from_config())
+    by_source = dict(zip(out["orig_im_path"], out["im_path"], strict=True))
+    assert by_source == {
+        "../raw/x/cat.png": "train/a/cat.png",
+        "../raw/y/cat.png": "train/a/cat__2.png",
+        "../raw/z/cat.png": "train/a/cat__3.png",
+        "../raw/w/CAT.png": "train/a/CAT__4.png",  # names differing only in case clash too
+    }
+    for src, dest in by_source.items():
+        assert os.path.samefile(tmp_path / "o" / src, tmp_path / "o" / dest)
+
+
+def test_format_conversion_without_resizing(tmp_path):
+    rows = [_row("raw/a.png"), _row("raw/b.PNG")]
+    recipe_csv = _recipe(tmp_path, rows)
+    jpeg = build(recipe_csv, tmp_path / "j", BuildOptions.from_config({"format": "jpeg"}))
+    assert sorted(jpeg["im_path"]) == ["train/a/a.jpg", "train/a/b.jpg"]
+    for name in ("a.jpg", "b.jpg"):
+        with Image.open(tmp_path / "j/train/a" / name) as im:
+            assert im.format == "JPEG"
+    # Already in the requested format (whatever the suffix's case): linked, not re-encoded.
+    build(recipe_csv, tmp_path / "p", BuildOptions.from_config({"format": "png"}))
+    assert os.path.samefile(tmp_path / "raw/a.png", tmp_path / "p/train/a/a.png")
+    assert os.path.samefile(tmp_path / "raw/b.PNG", tmp_path / "p/train/a/b.png")
+
+
+def test_files_are_copied_where_hard_links_fail(recipe, tmp_path, monkeypatch):
+    def no_links(src, dst):
+        raise OSError(18, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", no_links)
+    out = build(recipe, tmp_path / "o", BuildOptions.from_config())
+    for row in out.itertuples():
+        src, dest = tmp_path / "o" / row.orig_im_path, tmp_path / "o" / row.im_path
+        assert dest.read_bytes() == src.read_bytes() and not os.path.samefile(src, dest)
+
+
+@pytest.mark.parametrize("suffix, fmt", [(".png", "jpeg"), (".jpeg", None), (".jpg", None)])
+def test_jpeg_quality_is_used_for_every_jpeg_written(tmp_path, suffix, fmt):
+    from lwise.data.imaging import load_rgb, resize
+
+    name = f"raw/noise{suffix}"
+    recipe_csv = _recipe(tmp_path, [_row(name, image={"size": (40, 32)})])
+    sizes = {}
+    for quality in (10, 95):
+        opts = BuildOptions.from_config(
+            {"format": fmt, "jpeg_quality": quality, "resize": "squash", "size": 24}
+        )
+        out = build(recipe_csv, tmp_path / f"q{quality}", opts)
+        written = tmp_path / f"q{quality}" / out.loc[0, "im_path"]
+        expected = tmp_path / f"expected{quality}{written.suffix}"
+        resize(load_rgb(tmp_path / name)[0], (24, 24), "squash").save(expected, quality=quality)
+        assert written.read_bytes() == expected.read_bytes()
+        sizes[quality] = written.stat().st_size
+    assert sizes[10] < sizes[95]
+
+
+def test_roots_of_a_dataset_without_a_raw_folder(tmp_path):
+    assert dataset_roots(tmp_path / "nothere", ["/data/mine"]) == [
+        tmp_path / "nothere",
+        Path("/data/mine"),
+    ]
+
+
+def test_build_keeps_an_existing_orig_im_path_and_drops_the_copy_column(tmp_path):
+    rows = [_row("raw/a.png", orig_im_path="s3://bucket/originals/a.tif"), _row("raw/b.png")]
+    rows[1]["orig_im_path"] = "s3://bucket/originals/b.tif"
+    out = build(_recipe(tmp_path, rows), tmp_path / "o", BuildOptions.from_config())
+    assert out["orig_im_path"].tolist() == [r["orig_im_path"] for r in rows]
+    assert list(out.columns) == ["split", "class", "class_num", "im_path", "orig_im_path"]
+    assert list(pd.read_csv(tmp_path / "o/dirmap.csv").columns) == list(out.columns)
+
+
+def test_build_uses_the_threads_it_is_given(recipe, tmp_path, monkeypatch):
+    import threading
+
+    from lwise.data import imagefolder
+
+    used = set()
+    real = imagefolder.load_rgb
+
+    def spy(path):
+        used.add(threading.get_ident())
+        return real(path)
+
+    monkeypatch.setattr(imagefolder, "load_rgb", spy)
+    build(recipe, tmp_path / "one", BuildOptions.from_config(), threads=1)
+    assert len(used) == 1
+    used.clear()
+    build(recipe, tmp_path / "zero", BuildOptions.from_config(), threads=0)  # at least one
+    assert len(used) == 1
+
+
+def test_skipped_images_are_logged_listed_and_counted(recipe, tmp_path, caplog, capsys):
+    (tmp_path / "raw/train/bee/bee_train_1.png").write_bytes(b"not a png")
+    with caplog.at_level(logging.INFO, logger="lwise.data.imagefolder"):
+        out = build(recipe, tmp_path / "o", BuildOptions.from_config(dict(oversample=True)))
+    assert len(out) < 6 * 3 + 3 * 3 - 1  # the bad image's copies went with it
+    assert "skipped raw/train/bee/bee_train_1.png: UnidentifiedImageError" in caplog.text
+    built = f"built {tmp_path / 'o'}: {len(out)} images, 1 skipped (listed in skipped.csv)"
+    assert built in caplog.text
+    skipped = pd.read_csv(tmp_path / "o/skipped.csv")
+    assert list(skipped.columns) == ["split", "class", "im_path", "error"]
+    assert skipped["im_path"].tolist() == ["raw/train/bee/bee_train_1.png"]  # copies listed once
+    err = capsys.readouterr().err
+    assert "imagefolder: 100%" in err and "19/19" in err
