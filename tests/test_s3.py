@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
+import logging
+import re
+import threading
 import urllib.error
 import urllib.request
 import uuid
@@ -379,3 +384,167 @@ def test_an_object_whose_etag_is_not_its_md5_is_compared_by_stored_md5(s3_endpoi
     s3.put_object(Bucket=stats.bucket, Key=key, Body=b"older bytes", Metadata={"md5": "1" * 32})
     assert _put_if_changed(s3, stats.bucket, key, path, not_md5, {}) is True
     assert s3.get_object(Bucket=stats.bucket, Key=key)["Body"].read() == path.read_bytes()
+
+
+# --- issue 13 item 16: survivors of the mutmut 3.8.1 run over lwise/publish/s3.py ----------------
+
+
+def test_upload_logs_and_shows_what_it_does_and_returns_the_region(s3_endpoint, tmp_path, caplog,
+                                                                    capsys):  # fmt: skip
+    cfg = config(s3_endpoint)
+    with caplog.at_level(logging.INFO, logger="lwise.publish.s3"):
+        stats, _, _ = upload(tmp_path, cfg)
+    assert stats.region == "eu-west-1"
+    messages = [r.getMessage() for r in caplog.records]
+    assert f"uploading 10 image(s) to bucket {stats.bucket}, prefix '', endpoint {s3_endpoint}" \
+        in messages  # fmt: skip
+    assert f"bucket {stats.bucket}: 10 uploaded, 0 already present" in messages
+    err = capsys.readouterr().err
+    assert f"s3://{stats.bucket}/: 100%" in err and "10/10" in err
+    assert re.search(r"[\d.]+(image/s|s/image)\]", err)
+
+
+def test_the_region_comes_from_the_session_when_the_config_has_none(s3_endpoint, tmp_path):
+    cfg = config(s3_endpoint, region=None)
+    stats, _, _ = upload(tmp_path, cfg, session=boto3.Session(region_name="eu-central-1"))
+    assert stats.region == "eu-central-1"
+    location = client(s3_endpoint, "eu-central-1").get_bucket_location(Bucket=stats.bucket)
+    assert location["LocationConstraint"] == "eu-central-1"
+
+
+def test_a_rerun_of_unchanged_images_only_lists_the_bucket(s3_endpoint, tmp_path):
+    sent, threads = [], set()
+
+    def record(request, event_name, **_):
+        operation = event_name.split(".")[-1]
+        sent.append((operation, request.headers.get("Content-MD5")))
+        if operation == "PutObject":
+            threads.add(threading.get_ident())
+
+    cfg = config(s3_endpoint, max_workers=1)
+    session = boto3.Session()
+    session.events.register("before-send.s3", record)
+    stats, out_csv, _ = upload(tmp_path, cfg, session=session)
+    puts = [md5 for op, md5 in sent if op == "PutObject"]
+    assert len(puts) == 10 and len(threads) == 1  # max_workers=1: one uploading thread
+    keys = pd.read_csv(out_csv)["s3_key"]
+    expected = {base64.b64encode(hashlib.md5((tmp_path / "images" / k).read_bytes()).digest())
+                for k in keys}  # fmt: skip
+    assert set(puts) == expected  # every body goes with its MD5, which S3 checks
+    sent.clear()
+    assert upload(tmp_path, cfg, session=session)[0].skipped == 10
+    assert {op for op, _ in sent} == {"HeadBucket", "ListObjectsV2"}  # no HEAD or PUT per image
+
+
+def test_upload_files_content_types_and_unreadable_files(s3_endpoint, tmp_path):
+    from lwise.publish.s3 import upload_files
+
+    cfg = config(s3_endpoint)
+    (tmp_path / "a.lwisedata").write_bytes(b"x")
+    (tmp_path / "b.lwisedata").write_bytes(b"y")
+    files = [("a.lwisedata", tmp_path / "a.lwisedata", "a"),
+             ("b.lwisedata", tmp_path / "b.lwisedata", "b")]  # fmt: skip
+    upload_files(files[:1], cfg)
+    upload_files(files[1:], cfg, content_type=lambda key: f"text/x-{key[0]}")
+    s3 = client(s3_endpoint)
+    head = s3.head_object(Bucket=cfg.bucket_name, Key="a.lwisedata")
+    assert head["ContentType"] == "application/octet-stream"  # unknown extension
+    assert s3.head_object(Bucket=cfg.bucket_name, Key="b.lwisedata")["ContentType"] == "text/x-b"
+    missing = [("c.png", tmp_path / "c.png", "site page c")]
+    with pytest.raises(S3UploadError, match=r"^site page c: cannot read the file: .*c\.png"):
+        upload_files(missing, cfg)
+
+
+def test_sse_kms_with_a_key_id_is_sent(s3_endpoint, tmp_path):
+    cfg = config(s3_endpoint, sse="aws:kms", kms_key_id="alias/lwise-test")
+    stats, out_csv, _ = upload(tmp_path, cfg)
+    key = pd.read_csv(out_csv)["s3_key"][0]
+    head = client(s3_endpoint).head_object(Bucket=stats.bucket, Key=key)
+    assert head["ServerSideEncryption"] == "aws:kms"
+    assert head["SSEKMSKeyId"].endswith("alias/lwise-test")
+
+
+def test_listing_denied_names_the_listbucket_permission(s3_endpoint, tmp_path):
+    cfg = config(s3_endpoint)
+    session = session_with_hook(
+        "before-send.s3.ListObjectsV2",
+        lambda request, **_: fake_error(request, 403, "AccessDenied"),
+    )
+    with pytest.raises(S3AccessDenied, match=rf"^ListBucket on bucket '{cfg.bucket_name}': access "
+                                             r"denied \(AccessDenied\)"):  # fmt: skip
+        upload(tmp_path, cfg, session=session)
+
+
+def test_im_path_leaving_the_image_root_names_the_dirmap_and_line(s3_endpoint, tmp_path):
+    csv = make_set(tmp_path)
+    df = pd.read_csv(csv)
+    df.loc[3, "im_path"] = "../outside.png"
+    df.to_csv(csv, index=False)
+    with pytest.raises(DirmapError, match=r"dirmap\.csv: 'im_path' must be relative and stay "
+                                          r"inside the image root \(no '\.\.', no drive\) at "
+                                          r"line\(s\) 5$"):  # fmt: skip
+        upload(tmp_path, config(s3_endpoint))
+
+
+def test_an_error_names_the_dirmap_line_and_a_stopped_upload_cancels_the_rest(
+    s3_endpoint, tmp_path, caplog
+):
+    puts = []
+
+    def third_denied(request, **_):
+        puts.append(request.url)
+        if len(puts) == 3:
+            return fake_error(request, 403, "AccessDenied")
+        return None
+
+    cfg = config(s3_endpoint, max_workers=1, retries=0)
+    csv = make_set(tmp_path)
+    third = pd.read_csv(csv)["im_path"][2]
+    with caplog.at_level(logging.ERROR, logger="lwise.publish.s3"):
+        with pytest.raises(S3AccessDenied, match=rf"dirmap\.csv: line 4 \({third}\): PutObject"):
+            upload(tmp_path, cfg, session=session_with_hook("before-send.s3.PutObject",
+                                                            third_denied))  # fmt: skip
+    stopped = [r.getMessage() for r in caplog.records]
+    assert len(stopped) == 1 and stopped[0].startswith("upload stopped after ")
+    assert stopped[0].endswith(" upload(s); a rerun skips what was sent")
+    objects = client(s3_endpoint).list_objects_v2(Bucket=cfg.bucket_name).get("Contents", [])
+    assert len(objects) <= 3  # the queued uploads were dropped, not sent after the error
+
+
+def test_a_connection_failure_outlasting_botocore_is_retried_and_logged(s3_endpoint, tmp_path,
+                                                                        caplog):  # fmt: skip
+    calls = []
+
+    def down_twice(request, **_):
+        calls.append(request.url)
+        if len(calls) <= 2:  # both of botocore's attempts (retries=1) of the first upload
+            raise BotoConnectionError(error="injected: network down")
+
+    cfg = config(s3_endpoint, max_workers=1, retries=1)
+    csv = make_set(tmp_path)
+    first = pd.read_csv(csv)["im_path"][0]
+    with caplog.at_level(logging.WARNING, logger="lwise.publish.bucket"):
+        stats, _, _ = upload(tmp_path, cfg, session=session_with_hook("before-send.s3.PutObject",
+                                                                      down_twice))  # fmt: skip
+    assert (stats.uploaded, stats.skipped) == (10, 0)
+    retried = [r.getMessage() for r in caplog.records]
+    assert len(retried) == 1 and retried[0].startswith(f"{csv}: line 2 ({first}): ")
+    assert retried[0].endswith("(1/1)")
+
+
+def test_the_json_keeps_urls_and_names_readable(s3_endpoint, tmp_path):
+    csv = make_set(tmp_path)
+    df = pd.read_csv(csv)
+    df["class"] = df["class"].map({"cat": "chat noir", "dog": "chien été"})
+    df.to_csv(csv, index=False)
+    stats, _, out_json = upload(tmp_path, config(s3_endpoint))
+    text = out_json.read_text(encoding="utf-8")
+    assert '"chien été"' in text and "\\u" not in text and "\\/" not in text
+    assert f'"url": "{s3_endpoint}/{stats.bucket}/' in text
+
+
+def test_kms_key_id_with_sse_kms_is_a_valid_config():
+    cfg = UploadConfig.from_config(
+        {"bucket": "b", "endpoint_url": None, "sse": "aws:kms", "kms_key_id": "k"}
+    )
+    assert (cfg.sse, cfg.kms_key_id) == ("aws:kms", "k")
