@@ -29,6 +29,9 @@ __all__ = [
 ]
 
 NATURAL = "natural"
+# A published folder's own list of the files it may publish: path (relative, '/'-separated),
+# size (bytes), md5 (hex); written by lwise.experiments.page, read by lwise.publish.site.
+FILE_LISTING = "files.csv"
 # The enhancement objectives (L-WISE's `enhance.py`: logit, cross-entropy; logit_diverge from
 # its "diverge from" mode); lwise.guide.attacks implements them.
 OBJECTIVES = ("logit", "logit_diverge", "cross_entropy")

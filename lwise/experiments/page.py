@@ -20,13 +20,13 @@ from pathlib import Path
 import pandas as pd
 
 from lwise.core.config import Section
+from lwise.core.keys import FILE_LISTING as LISTING
 from lwise.experiments.curriculum import CurriculumError
 from lwise.experiments.recognition import CALIBRATION_SHAPES
 
 __all__ = [
     "PageSettings",
     "WEB_ASSETS",
-    "LISTING",
     "write_web",
     "copy_images",
     "records",
@@ -34,7 +34,6 @@ __all__ = [
 ]
 
 WEB_ASSETS = Path(__file__).parent / "web"
-LISTING = "files.csv"  # path (relative, '/'-separated), size (bytes), md5 (hex)
 _SVG = {
     "circle": '<circle cx="50" cy="50" r="38" fill="#222"/>',
     "triangle": '<polygon points="50,10 90,85 10,85" fill="#222"/>',

@@ -258,6 +258,20 @@ def upload_files(
     return UploadStats(bucket, prefix, uploaded, skipped, region)
 
 
+def object_urls(keys, stats: UploadStats, cfg: UploadConfig) -> list[str]:
+    """The URL of each uploaded object `keys`, in the bucket and region `stats` reports."""
+    return [
+        object_url(
+            stats.bucket,
+            key,
+            region=stats.region,
+            endpoint_url=cfg.endpoint_url,
+            addressing_style=cfg.addressing_style,
+        )
+        for key in keys
+    ]
+
+
 def upload_image_set(
     dirmap_csv: str | os.PathLike,
     image_root: str | os.PathLike,
@@ -297,16 +311,7 @@ def upload_image_set(
     out = df.assign(
         im_path=dirmap.relative_to(local, Path(out_csv).parent),
         s3_key=keys,
-        url=[
-            object_url(
-                stats.bucket,
-                key,
-                region=stats.region,
-                endpoint_url=cfg.endpoint_url,
-                addressing_style=cfg.addressing_style,
-            )
-            for key in keys
-        ],
+        url=object_urls(keys, stats, cfg),
     )
     write_csv(out, out_csv)
     # Through pandas for NaN -> null and numpy scalars, re-dumped to keep '/' unescaped in URLs.

@@ -32,15 +32,14 @@ import boto3
 import pandas as pd
 
 from lwise.core.atomic import write_csv, write_text
+from lwise.core.keys import FILE_LISTING as LISTING
 from lwise.core.keys import object_key
-from lwise.publish.naming import object_url
-from lwise.publish.s3 import UploadConfig, UploadStats, upload_files
+from lwise.publish.s3 import UploadConfig, UploadStats, object_urls, upload_files
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CONTENT_TYPES", "LISTING", "SiteError", "content_type", "read_listing", "publish_site"]
+__all__ = ["CONTENT_TYPES", "SiteError", "content_type", "read_listing", "publish_site"]
 
-LISTING = "files.csv"
 _LISTING_COLUMNS = ("path", "size", "md5")
 _UTF8 = "; charset=utf-8"
 CONTENT_TYPES = {
@@ -136,16 +135,7 @@ def publish_site(
         for i, (key, path) in enumerate(zip(keys, listing["path"], strict=True))
     ]
     stats = upload_files(files, cfg, session=session, content_type=content_type)
-    urls = [
-        object_url(
-            stats.bucket,
-            key,
-            region=stats.region,
-            endpoint_url=cfg.endpoint_url,
-            addressing_style=cfg.addressing_style,
-        )
-        for key in keys
-    ]
+    urls = object_urls(keys, stats, cfg)
     manifest = pd.DataFrame(
         {
             "key": keys,
