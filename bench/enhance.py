@@ -41,7 +41,7 @@ from lwise.guide._distributed import Run
 from lwise.guide._optim import make_optimizer
 from lwise.guide.attacks import pgd
 from lwise.guide.checkpoints import load_model
-from lwise.guide.fast import FAST_DTYPES, ConvReLU, prepare_fast
+from lwise.guide.fast import FAST_DTYPES, ConvReLU, LiveFolded, prepare_fast
 from lwise.guide.models import ImageClassifier, Normalize, build_model
 from lwise.guide.train import TrainConfig, _train_epoch, train
 
@@ -522,17 +522,27 @@ def _repeat(fn: Callable[[], object], times: int) -> None:
 
 
 def _attack_split(model, x, y, cfg, device: torch.device, repeats: int) -> dict:
-    """Where our step's time goes: its attack alone (live model, BatchNorm unfolded, as the
-    step runs it), and the same attack on a prepared copy (`prepare_fast`, eager: BatchNorm
-    folded, ConvReLU), which bounds what folding the live weights at every step could give."""
+    """Where our step's time goes: its attack alone on the live model (BatchNorm unfolded), on
+    the folded copy the step uses (`LiveFolded`, refreshed each time), and on that copy
+    compiled."""
     out = {}
-    folded = prepare_fast(model.eval(), compile=False)
-    for key, net in (("attack_live", model), ("attack_folded", folded)):
-        net.eval()
-        attack = functools.partial(
-            pgd, net, x, y, eps=cfg.eps, step_size=cfg.attack_lr, steps=cfg.attack_steps,
-            objective="cross_entropy", direction="attack", mode="fast", fast_dtype="bfloat16",
-        )  # fmt: skip
+    folded = LiveFolded(model.eval())
+    compiled = torch.compile(folded.model, dynamic=False)
+    variants = (
+        ("attack_live", lambda: model),
+        ("attack_folded", lambda: folded.refresh(model)),
+        ("attack_folded_compiled", lambda: (folded.refresh(model), compiled)[1]),
+    )
+    for key, net in variants:
+        model.eval()
+
+        def attack(net=net):
+            return pgd(
+                net(), x, y, eps=cfg.eps, step_size=cfg.attack_lr, steps=cfg.attack_steps,
+                objective="cross_entropy", direction="attack", mode="fast",
+                fast_dtype="bfloat16",
+            )  # fmt: skip
+
         attack()
         _, seconds = timed(device, functools.partial(_repeat, attack, repeats))
         out[key] = len(x) * repeats / seconds
@@ -562,8 +572,9 @@ def bench_train_step(args, device: torch.device, gen) -> dict:
             if run.fast:
                 model = model.to(memory_format=torch.channels_last)
             batches = [(x, y, None)] * repeats
+            folded = LiveFolded(model) if run.fast else None
             step = functools.partial(
-                _train_epoch, model, model, batches, opt, cfg, run, None, "train step"
+                _train_epoch, model, model, batches, opt, cfg, run, None, "train step", folded
             )
         else:
             one = functools.partial(

@@ -15,6 +15,7 @@ from torch.nn import functional as F
 from lwise.guide.checkpoints import CheckpointError, load_model, save_checkpoint
 from lwise.guide.fast import (
     ConvReLU,
+    LiveFolded,
     fold_batchnorm,
     fuse_conv_relu,
     prepare_fast,
@@ -207,6 +208,38 @@ def test_prepare_fast_freezes_and_keeps_outputs():
     x = torch.rand(3, 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(fast(x), model(x), atol=1e-4)
+
+
+def test_live_folded_copy_follows_a_model_in_training():
+    """The training attack's folded copy computes the live model's eval-mode logits and input
+    gradients once refreshed, after the weights and BatchNorm statistics moved."""
+    torch.manual_seed(0)
+    model = _random_bn_stats(build_model("resnet18", 10, MEAN, STD), seed=4)
+    live = LiveFolded(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    model.train()
+    for _ in range(2):  # moves weights and running statistics
+        x = torch.rand(8, 3, 64, 64)
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), torch.arange(8) % 10).backward()
+        opt.step()
+    model.eval()
+    x = torch.rand(4, 3, 64, 64)
+
+    def logits_and_grad(net):
+        xg = x.clone().requires_grad_(True)
+        out = net(xg)
+        (grad,) = torch.autograd.grad(out.square().sum(), [xg])
+        return out.detach(), grad
+
+    want, want_grad = logits_and_grad(model)
+    stale, _ = logits_and_grad(live.model)
+    assert not torch.allclose(stale, want, atol=1e-3)  # the copy does not follow by itself
+    got, got_grad = logits_and_grad(live.refresh(model))
+    assert torch.allclose(got, want, atol=1e-4, rtol=1e-4)
+    assert torch.allclose(got_grad, want_grad, atol=1e-4 * want_grad.abs().max(), rtol=1e-3)
+    assert not any(p.requires_grad for p in live.model.parameters())
+    assert all(p.requires_grad for p in model.parameters())
 
 
 # --- checkpoints -------------------------------------------------------------------------------

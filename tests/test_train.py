@@ -15,6 +15,7 @@ from conftest import SMALL_TRAIN
 from lwise.core.config import ConfigError
 from lwise.guide._optim import lr_multiplier, make_optimizer, step_schedule
 from lwise.guide.checkpoints import load_model, save_checkpoint
+from lwise.guide.fast import LiveFolded
 from lwise.guide.models import build_model
 from lwise.guide.train import TrainConfig, _attack, _train_epoch, run_training, train
 
@@ -160,12 +161,12 @@ def test_fast_training_attack_survives_logits_beyond_float16(caplog):
     x, y = torch.rand(4, 3, 32, 32), torch.arange(4)
     assert model.eval()(x).abs().max() > 65504
     with caplog.at_level("WARNING", logger="lwise"):
-        adv = _attack(model.train(), x, y, settings(eps=1.0, attack_steps=2), fast=True)
+        adv = _attack(model.train(), x, y, settings(eps=1.0, attack_steps=2), LiveFolded(model))
     assert "non-finite" not in caplog.text
     assert ((adv - x).flatten(1).norm(dim=1) > 0.5).all()
     assert model.training  # handed back in training mode
     cfg = settings(eps=1.0, attack_steps=2, mixed_precision=False)  # fp32: the reference
-    assert torch.isfinite(_attack(model, x, y, cfg, fast=True)).all()
+    assert torch.isfinite(_attack(model, x, y, cfg, None)).all()
 
 
 def test_small_robust_model_beats_chance(digits_model):

@@ -18,13 +18,14 @@ from pathlib import Path
 import torch
 from torch import fx, nn
 from torch.nn import functional as F
-from torch.nn.utils.fusion import fuse_conv_bn_eval
+from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_conv_bn_weights
 
 from lwise.guide.models import ImageClassifier
 
 __all__ = [
     "FAST_DTYPES",
     "ConvReLU",
+    "LiveFolded",
     "SpaceToDepth",
     "compile_cache_dir",
     "fold_batchnorm",
@@ -34,6 +35,11 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+# Set on each convolution that folding or fusion rewrites: the names (under `model.net`) of the
+# convolution and BatchNorm it came from, so that `LiveFolded` can recompute its weights.
+_SOURCE = "_lwise_source"
+_STEM_CHANNELS = "_lwise_space_to_depth"
 
 # Half-precision types of fast mode, by config name. float16 is the default: its 3 extra
 # mantissa bits matter for input gradients. On the H100 bench (random-weight ResNet-50, eps 20)
@@ -84,6 +90,7 @@ def fold_batchnorm(model: ImageClassifier) -> ImageClassifier:
         if bn.running_mean is None or not _foldable(conv_node, modules, uses):
             continue
         fused = fuse_conv_bn_eval(modules[conv_node.target], bn)
+        setattr(fused, _SOURCE, (conv_node.target, node.target))
         graph_module.set_submodule(conv_node.target, fused)
         node.replace_all_uses_with(conv_node)
         graph_module.graph.erase_node(node)
@@ -117,12 +124,12 @@ class SpaceToDepth(nn.Module):
         return F.pad(x, (0, 0, 0, 0, 0, self.extra))
 
 
-def _space_to_depth_weight(conv: nn.Conv2d, channels: int) -> torch.Tensor:
-    """Weights of the stride-1 convolution over `SpaceToDepth` output equal to `conv`."""
-    s = conv.stride[0]
-    out_ch, in_ch, kh, kw = conv.weight.shape
+def _space_to_depth_weight(weight: torch.Tensor, s: int, channels: int) -> torch.Tensor:
+    """Weights of the stride-1 convolution over `SpaceToDepth` output equal to the stride-`s`
+    convolution with `weight`."""
+    out_ch, in_ch, kh, kw = weight.shape
     taps_h, taps_w = -(-kh // s), -(-kw // s)
-    w = F.pad(conv.weight.detach(), (0, taps_w * s - kw, 0, taps_h * s - kh))
+    w = F.pad(weight.detach(), (0, taps_w * s - kw, 0, taps_h * s - kh))
     # Tap (s·a + p, s·b + q) of channel c moves to channel (c, p, q), tap (a, b).
     w = w.reshape(out_ch, in_ch, taps_h, s, taps_w, s).permute(0, 1, 3, 5, 2, 4)
     w = w.reshape(out_ch, in_ch * s * s, taps_h, taps_w)
@@ -162,7 +169,7 @@ def space_to_depth_stem(model: ImageClassifier) -> ImageClassifier:
     s = conv.stride[0]
     blocked = conv.in_channels * s * s
     channels = -(-blocked // 8) * 8
-    weight = _space_to_depth_weight(conv, channels)
+    weight = _space_to_depth_weight(conv.weight, s, channels)
     stem = nn.Conv2d(
         channels, conv.out_channels, tuple(weight.shape[2:]), bias=conv.bias is not None
     )
@@ -171,6 +178,8 @@ def space_to_depth_stem(model: ImageClassifier) -> ImageClassifier:
         stem.weight.copy_(weight)
         if conv.bias is not None:
             stem.bias.copy_(conv.bias)
+    setattr(stem, _SOURCE, getattr(conv, _SOURCE, (first.target, None)))
+    setattr(stem, _STEM_CHANNELS, (s, channels))
     net.set_submodule(first.target, stem)
     net.add_submodule(
         "space_to_depth",
@@ -302,7 +311,9 @@ def fuse_conv_relu(model: ImageClassifier) -> ImageClassifier:
                 continue
         if not _fusable_conv(source, modules, uses):
             continue
-        net.set_submodule(source.target, ConvReLU(modules[source.target]))
+        conv = modules[source.target]
+        setattr(conv, _SOURCE, getattr(conv, _SOURCE, (source.target, None)))
+        net.set_submodule(source.target, ConvReLU(conv))
         with net.graph.inserting_before(relu):
             args = (source.args[0],) if residual is None else (source.args[0], residual)
             fused = net.graph.call_module(source.target, args)
@@ -357,3 +368,54 @@ def prepare_fast(
     )
     log.info("torch.compile cache: %s", compile_cache_dir())
     return torch.compile(fast, mode=compile_mode, dynamic=False)
+
+
+class LiveFolded:
+    """A `prepare_fast` copy (eager) of a model that is still training, for the attacks of its
+    training steps: `refresh(model)` recomputes the copy's folded weights from the live weights
+    and BatchNorm statistics, in place, and returns it.
+
+    The attack runs in eval mode (robustness's `make_adv`), where BatchNorm is an affine map, so
+    the copy computes the same function as the live model. On an H200 (ResNet-50, batch 128,
+    eps 3, 7 steps, bfloat16) the attack alone ran 1,119 images/s on the folded copy against 497
+    on the live model (bench/enhance.py --parts train_step); refreshing costs one small kernel
+    per tensor.
+    """
+
+    def __init__(self, model: ImageClassifier):
+        self.model = prepare_fast(model, compile=False)
+        self._folded: list[tuple[nn.Module, str, str | None, tuple[int, int] | None]] = []
+        covered: set[str] = set()
+        for name, module in self.model.named_modules():
+            if hasattr(module, _SOURCE):
+                conv, bn = getattr(module, _SOURCE)
+                self._folded.append((module, conv, bn, getattr(module, _STEM_CHANNELS, None)))
+                covered |= {f"{name}.weight", f"{name}.bias"}
+        live = dict(model.state_dict(keep_vars=True))
+        self._copies = []
+        for key, tensor in self.model.state_dict(keep_vars=True).items():
+            if key in covered:
+                continue
+            if key not in live:  # a rewrite this class does not know about
+                raise RuntimeError(f"LiveFolded: {key} of the prepared copy has no live source")
+            self._copies.append((tensor, key))
+
+    @torch.no_grad()
+    def refresh(self, model: ImageClassifier) -> nn.Module:
+        live = model.state_dict(keep_vars=True)
+        for tensor, key in self._copies:
+            tensor.copy_(live[key])
+        for module, conv_name, bn_name, stem in self._folded:
+            conv = model.net.get_submodule(conv_name)
+            weight, bias = conv.weight, conv.bias
+            if bn_name is not None:
+                bn = model.net.get_submodule(bn_name)
+                weight, bias = fuse_conv_bn_weights(
+                    weight, bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias
+                )
+            if stem is not None:
+                weight = _space_to_depth_weight(weight, *stem)
+            module.weight.copy_(weight)
+            if bias is not None:
+                module.bias.copy_(bias)
+        return self.model

@@ -38,7 +38,7 @@ from lwise.guide._optim import make_optimizer, step_schedule
 from lwise.guide._resume import load_state, run_key, save_state
 from lwise.guide.attacks import pgd
 from lwise.guide.checkpoints import load_model, save_checkpoint
-from lwise.guide.fast import FAST_DTYPES
+from lwise.guide.fast import FAST_DTYPES, LiveFolded
 from lwise.guide.models import ImageClassifier, build_model, head_name, replace_head
 
 __all__ = [
@@ -165,8 +165,16 @@ def make_model(cfg: TrainConfig, class_names: list[str]) -> ImageClassifier:
     return model
 
 
+def _folded(model: ImageClassifier, cfg: TrainConfig, run: Run) -> LiveFolded | None:
+    """What fast-mode attacks run on (a GPU, mixed precision, robust training): a folded copy of
+    the model, refreshed before each attack; else None (the live model in fp32, as robustness)."""
+    if run.fast and cfg.mixed_precision and cfg.adversarial:
+        return LiveFolded(model)
+    return None
+
+
 def _attack(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, fast: bool
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, fast: LiveFolded | None
 ) -> torch.Tensor:
     was_training = model.training
     model.eval()  # robustness attacks with BatchNorm in eval mode
@@ -174,9 +182,10 @@ def _attack(
     # running statistics) can have eval-mode activations beyond float16's range, whose gradients
     # pgd would skip.
     adv = pgd(
-        model, x, y, eps=cfg.eps, step_size=cfg.attack_lr, steps=cfg.attack_steps,
-        constraint=cfg.constraint, objective="cross_entropy", direction="attack",
-        mode="fast" if fast and cfg.mixed_precision else "reference", fast_dtype=TRAIN_DTYPE,
+        model if fast is None else fast.refresh(model), x, y, eps=cfg.eps,
+        step_size=cfg.attack_lr, steps=cfg.attack_steps, constraint=cfg.constraint,
+        objective="cross_entropy", direction="attack",
+        mode="reference" if fast is None else "fast", fast_dtype=TRAIN_DTYPE,
     )  # fmt: skip
     if was_training:
         model.train()
@@ -185,7 +194,11 @@ def _attack(
 
 
 def validate(
-    model: nn.Module, loader: DataLoader, cfg: TrainConfig, device: torch.device, fast: bool
+    model: nn.Module,
+    loader: DataLoader,
+    cfg: TrainConfig,
+    device: torch.device,
+    fast: LiveFolded | None,
 ) -> dict:
     """Clean (and, for robust training, adversarial) accuracy and loss over `loader`."""
     model.eval()
@@ -223,6 +236,7 @@ def _train_epoch(
     run: Run,
     mixer,
     desc: str,
+    fast: LiveFolded | None = None,
 ) -> dict:
     """One pass over `loader` (adversarial examples first, for robust training); returns the
     mean training loss and accuracy over every process."""
@@ -235,7 +249,7 @@ def _train_epoch(
         if run.fast:
             x = x.contiguous(memory_format=torch.channels_last)
         if cfg.adversarial:
-            x = _attack(model, x, y, cfg, run.fast)
+            x = _attack(model, x, y, cfg, fast)
         target = y
         if mixer is not None:  # mix the adversarial images (attacked with hard labels)
             x, target = mixer(x, y)
@@ -292,16 +306,17 @@ def train(
     net = nn.parallel.DistributedDataParallel(model) if run.world > 1 else model
     mixer = _train_data.mixer(cfg, len(class_names))
     val_loader = _train_data.val_loader(val_set, cfg, run)
+    folded = _folded(model, cfg, run)
 
     for epoch in range(start, cfg.epochs):
         began = time.time()
         loader = _train_data.train_loader(train_set, cfg, run, epoch, drop_last=mixer is not None)
         desc = f"epoch {epoch + 1}/{cfg.epochs}"
         row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"]}
-        row |= _train_epoch(net, model, loader, opt, cfg, run, mixer, desc)
+        row |= _train_epoch(net, model, loader, opt, cfg, run, mixer, desc, folded)
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
             _distributed.sync_buffers(model)
-            row |= validate(model, val_loader, cfg, run.device, run.fast)
+            row |= validate(model, val_loader, cfg, run.device, folded)
             score = row["val_adv_acc" if cfg.adversarial else "val_clean_acc"]
             if run.main and score > best_score:
                 best_score = score
