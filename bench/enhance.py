@@ -444,9 +444,9 @@ def bench_scoring(args, device, fast_model, dtype: str, gen) -> dict:
 
 
 def bench_training(args, gen) -> dict:
-    """Two epochs of `lwise.guide.train.train` (PGD adversarial training, bf16 on CUDA) on synthetic
-    JPEGs; the second, warm epoch is timed. It ends with a small validation and a checkpoint
-    write, which the epoch time includes."""
+    """Three epochs of `lwise.guide.train.train` (PGD adversarial training, bf16 on CUDA) on
+    synthetic JPEGs: the second (warm, files in, no validation) is the epoch rate; the third
+    ends with a small validation and the best-model checkpoint, timed with it."""
     val_images = 8
     print(
         f"adversarial training (lwise.guide.train): {args.train_images} images "
@@ -462,22 +462,30 @@ def bench_training(args, gen) -> dict:
             {
                 "arch": args.arch,
                 "image_size": args.size,
-                "epochs": 2,
+                "epochs": 3,
                 "batch_size": args.train_batch,
                 "val_batch_size": val_images,
                 "workers": args.workers,
                 "eps": args.train_eps,
                 "attack_steps": args.train_steps,
                 "attack_lr": args.train_step_size,
-                "eval_every": 2,
+                "eval_every": 3,
                 "seed": args.seed,
             }
         )
         metrics = train(
             root / "dirmap.csv", root / "model.pt", root / "metrics.csv", root / "state", cfg
         )
-    result = {"images_per_s": args.train_images / metrics["seconds"].iloc[-1]}
-    print(f"  {result['images_per_s']:.1f} images/s", flush=True)
+    seconds = metrics["seconds"]
+    result = {
+        "images_per_s": args.train_images / seconds.iloc[1],
+        "with_validation_images_per_s": args.train_images / seconds.iloc[2],
+    }
+    print(
+        f"  warm epoch {result['images_per_s']:.1f} images/s; with validation and checkpoint"
+        f" {result['with_validation_images_per_s']:.1f}",
+        flush=True,
+    )
     return result
 
 
@@ -643,6 +651,9 @@ def main() -> None:
         results["training"] = bench_training(args, gen)
     if "train_step" in args.parts:
         results["train_step"] = bench_train_step(args, device, gen)
+    if "training" in args.parts and "train_step" in args.parts:
+        ratio = results["training"]["images_per_s"] / results["train_step"]["ours"]
+        print(f"warm epoch on files / our training step: {ratio:.2f}", flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 

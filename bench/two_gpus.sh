@@ -5,7 +5,8 @@
 #    from the wall time of each Snakemake call, and their ratio;
 # 2. guide training with guide.gpus 1 and 2 (DistributedDataParallel): the warm second
 #    epoch's seconds from metrics.csv (the last one also validates), and the ratio of epoch rates.
-# Usage: bash bench/two_gpus.sh OUT_DIR   (TRAIN, VAL, STEPS, EPOCHS, LIMIT override)
+# Usage: bash bench/two_gpus.sh OUT_DIR   (TRAIN, VAL, STEPS, EPOCHS, LIMIT override; PARTS:
+# "enhance training" by default)
 set -euo pipefail
 out="${1:?output folder}"
 work="${WORK:-/tmp/lwise-two-gpus}"
@@ -44,8 +45,10 @@ smk() {  # config, gpus, targets...
     --resources gpu="$gpus" --configfile "$config" --workflow-profile "$repo/profiles/local" \
     "$@" >> "$out/snakemake.log" 2>> "$out/snakemake.err"
 }
+parts="${PARTS:-enhance training}"
 cd "$work"
 sets="results/bench/stimuli/logit_eps20 results/bench/stimuli/logit_eps20.5"
+if [[ " $parts " == *" enhance "* ]]; then
 # Everything the two jobs read, built first so that only the jobs themselves are timed.
 smk enhance.yaml 1 results/bench/stimuli/preprocessed.npy results/bench/difficulty/dirmap.csv
 images=$(( $(wc -l < results/bench/stimuli/preprocessed.csv) - 1 ))
@@ -66,6 +69,8 @@ n, one, two = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3])
 print(f"two enhancement jobs of {n} images: gpu=1 {one:.1f} s ({2 * n / one:.1f} images/s), "
       f"gpu=2 {two:.1f} s ({2 * n / two:.1f} images/s); ratio {one / two:.2f}x")
 PY
+fi
+[[ " $parts " == *" training "* ]] || exit 0
 declare -A epoch
 for gpus in 1 2; do
   cat > "$work/train$gpus.yaml" <<YAML
