@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from lwise.alignment.attention import cam_iou
+from lwise.alignment.attention.run import cam_iou
 from lwise.guide import attention as ga
 
 

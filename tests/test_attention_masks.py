@@ -9,21 +9,17 @@ import pytest
 import torch
 from PIL import Image
 
-from lwise.alignment.attention import (
-    AttentionConfig,
+from lwise.alignment.attention.evaluate import evaluate, reasonability_matrix
+from lwise.alignment.attention.masks import (
     ImageIndex,
     MaskError,
-    assign_roles,
-    evaluate,
-    finetune,
     fit_masks,
     load_masks,
     read_assessment,
     read_reasonability,
-    reasonability_matrix,
-    sample_weights,
     write_synthetic_masks,
 )
+from lwise.alignment.attention.run import AttentionConfig, assign_roles, finetune, sample_weights
 from lwise.guide.checkpoints import load_model, save_checkpoint
 from lwise.guide.models import build_model
 

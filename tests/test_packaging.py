@@ -65,3 +65,25 @@ def test_scripts_import_the_library_from_the_workflow_folder(tmp_path):
         check=True,
     ).stdout
     assert Path(out.strip()).resolve() == (REPO / "lwise" / "core" / "keys.py").resolve()
+
+
+def test_parsing_the_workflow_imports_no_deep_learning_stack():
+    """Every snakemake call (a dry run, each cluster submission) imports what rules/*.smk
+    import; torch and torchvision there cost seconds per call (7 of a 12 s dry run, once)."""
+    lines = sorted(
+        {
+            line.strip()
+            for smk in (REPO / "rules").glob("*.smk")
+            for line in smk.read_text().splitlines()
+            if re.match(r"(from lwise[\w.]* import |import lwise)", line)
+        }
+    )
+    assert len(lines) >= 10  # the rules' own imports were found
+    heavy = ("torch", "torchvision", "timm", "sklearn")
+    code = "\n".join(
+        ["import sys", *lines, f"print([m for m in {heavy!r} if m in sys.modules])"]
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]", out.stdout

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Stop the test cluster of setup_slurm.sh: slurmctld, slurmd and the munged it started, and
-# remove the fake GPU devices it made. Packages and configuration files stay, so the next
-# setup is quick. Does nothing to a Slurm whose configuration this script's setup did not write.
+# remove the fake GPU devices and the configuration files it made. The configuration must go:
+# with a slurm.conf whose controller is down, the Slurm executor plugin's `scontrol show config`
+# (run whenever snakemake starts) waits 9 s for it, in every later snakemake call. Packages
+# stay, so the next setup is quick. Does nothing to a Slurm whose configuration this script's
+# setup did not write.
 set -euo pipefail
 
 MARKER="# Written by lwise tests/slurm/setup_slurm.sh: a one-node test cluster."
@@ -51,4 +54,7 @@ if [ -f "$STATE/created-devices" ]; then
     done <"$STATE/created-devices"
 fi
 rm -f "$STATE"/started-* "$STATE/created-devices"
+for file in /etc/slurm/slurm.conf /etc/slurm/gres.conf; do
+    if [ -f "$file" ] && grep -qxF "$MARKER" "$file"; then rm -f "$file"; fi
+done
 say "stopped"

@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from lwise.alignment.attention import evaluate
+from lwise.alignment.attention.evaluate import evaluate
 from lwise.core.gpuslots import acquire_gpus, gpus_requested
 from lwise.core.logs import script_logging
 

@@ -1,4 +1,4 @@
-from lwise.alignment.attention import reasonability_matrix
+from lwise.alignment.attention.evaluate import reasonability_matrix
 from lwise.core.logs import script_logging
 
 with script_logging(snakemake.log[0]):

@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from lwise.alignment.attention import write_synthetic_masks
+from lwise.alignment.attention.masks import write_synthetic_masks
 from lwise.core.logs import script_logging
 
 with script_logging(snakemake.log[0]):
