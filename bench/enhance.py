@@ -536,10 +536,14 @@ def _attack_split(model, x, y, cfg, device: torch.device, repeats: int) -> dict:
     out = {}
     folded = LiveFolded(model.eval())
     compiled = torch.compile(folded.model, dynamic=False)
+    def refreshed_compiled() -> nn.Module:
+        folded.refresh(model)  # in place, under the compiled wrapper
+        return compiled
+
     variants = (
         ("attack_live", lambda: model),
         ("attack_folded", lambda: folded.refresh(model)),
-        ("attack_folded_compiled", lambda: (folded.refresh(model), compiled)[1]),
+        ("attack_folded_compiled", refreshed_compiled),
     )
     for key, net in variants:
         model.eval()

@@ -12,15 +12,7 @@ cores="${CORES:-$(nproc)}"
 mkdir -p "$work" "$out"
 python3 "$repo/bench/imagenette_like.py" "$work/images" --workers "$cores" \
   --train "${TRAIN:-4000}" --val "${VAL:-1120}"
-python3 - "$work/guide.pt" <<'PY'
-import sys
-import torch
-from lwise.guide.checkpoints import save_checkpoint
-from lwise.guide.models import build_model
-torch.manual_seed(0)
-model = build_model("resnet50", 10, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
-save_checkpoint(sys.argv[1], model.eval(), training_args={"image_size": 224})
-PY
+python3 "$repo/bench/random_guide.py" "$work/guide.pt"
 cat > "$work/timing.yaml" <<YAML
 datasets:
   bench:

@@ -391,7 +391,7 @@ class LiveFolded:
                 conv, bn = getattr(module, _SOURCE)
                 self._folded.append((module, conv, bn, getattr(module, _STEM_CHANNELS, None)))
                 covered |= {f"{name}.weight", f"{name}.bias"}
-        live = dict(model.state_dict(keep_vars=True))
+        live = model.state_dict(keep_vars=True)
         self._copies = []
         for key, tensor in self.model.state_dict(keep_vars=True).items():
             if key in covered:
