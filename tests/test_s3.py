@@ -17,13 +17,29 @@ import boto3
 import pandas as pd
 import pytest
 from botocore.awsrequest import AWSResponse
+from botocore.exceptions import (
+    ClientError,
+    HTTPClientError,
+    NoCredentialsError,
+    PartialCredentialsError,
+)
 from botocore.exceptions import ConnectionError as BotoConnectionError
 from conftest import make_imagefolder
 from s3server import moto_s3_server
 
 from lwise.data import dirmap
 from lwise.data.dirmap import DirmapError
-from lwise.publish.bucket import S3AccessDenied, S3CredentialsError, S3UploadError
+from lwise.publish import bucket
+from lwise.publish.bucket import (
+    CREDENTIALS_HINT,
+    S3AccessDenied,
+    S3CredentialsError,
+    S3UploadError,
+    ensure_bucket,
+    explain,
+    make_client,
+    retrying,
+)
 from lwise.publish.naming import bucket_name, key_prefix, object_url
 from lwise.publish.s3 import UploadConfig, upload_image_set
 
@@ -549,3 +565,244 @@ def test_kms_key_id_with_sse_kms_is_a_valid_config():
         {"bucket": "b", "endpoint_url": None, "sse": "aws:kms", "kms_key_id": "k"}
     )
     assert (cfg.sse, cfg.kms_key_id) == ("aws:kms", "k")
+
+
+# --- issue 13 item 16: survivors of the mutmut 3.8.1 run over lwise/publish/bucket.py ------------
+
+
+def injected(request, status: int, code: str = "", headers: dict | None = None) -> AWSResponse:
+    """A reply the server did not send: `code` as an S3 error body, `headers` added."""
+    body = f"<Error><Code>{code}</Code><Message>injected</Message></Error>" if code else ""
+    head = {"Content-Type": "application/xml"} | (headers or {})
+    return AWSResponse(request.url, status, head, _Body(body.encode()))
+
+
+def bucket_client(endpoint, cfg, region="eu-west-1", replies=None):
+    """make_client on a session whose `replies` ({operation: hook}) replace the server's, and
+    the list of operations called, in order."""
+    session, sent = boto3.Session(), []
+    session.events.register("before-call.s3", lambda event_name, **_: sent.append(
+        event_name.split(".")[-1]))  # fmt: skip
+    for operation, hook in (replies or {}).items():
+        session.events.register(f"before-send.s3.{operation}", hook)
+    return make_client(session, cfg, region), sent
+
+
+def test_the_client_takes_region_retries_pool_and_addressing_from_the_config(s3_endpoint):
+    local = make_client(boto3.Session(), config(s3_endpoint, retries=3), "eu-west-1")
+    assert local.meta.region_name == "eu-west-1"
+    assert local.meta.config.retries == {"mode": "standard", "total_max_attempts": 4}
+    assert local.meta.config.max_pool_connections == 10  # never below botocore's default
+    # A local server: path-style by default, checksums only where the operation requires them.
+    assert local.meta.config.s3 == {"addressing_style": "path"}
+    assert local.meta.config.request_checksum_calculation == "when_required"
+    assert local.meta.config.response_checksum_validation == "when_required"
+    wide = config(s3_endpoint, max_workers=32, addressing_style="virtual")
+    wide_client = make_client(boto3.Session(), wide, "eu-west-1")
+    assert wide_client.meta.config.max_pool_connections == 32
+    assert wide_client.meta.config.s3 == {"addressing_style": "virtual"}
+    # AWS itself: botocore's own defaults unless a style is asked for.
+    aws = make_client(boto3.Session(), config(None), "eu-west-1").meta.config
+    assert aws.s3 is None and aws.request_checksum_calculation != "when_required"
+    asked = make_client(boto3.Session(), config(None, addressing_style="path"), "eu-west-1")
+    assert asked.meta.config.s3 == {"addressing_style": "path"}
+
+
+def client_error(code: str, message: str = "it went wrong") -> ClientError:
+    return ClientError({"Error": {"Code": code, "Message": message}}, "PutObject")
+
+
+@pytest.mark.parametrize("code", ["InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
+                                  "InvalidToken"])  # fmt: skip
+def test_rejected_credentials_are_explained_with_the_hint(code):
+    err = explain(client_error(code), "b", "PutObject", "d.csv: line 3")
+    assert type(err) is S3CredentialsError
+    assert str(err) == (f"d.csv: line 3: PutObject on bucket 'b': credentials rejected ({code}); "
+                        f"{CREDENTIALS_HINT}")  # fmt: skip
+
+
+@pytest.mark.parametrize("code", ["AccessDenied", "Forbidden", "403", "AllAccessDisabled"])
+def test_denials_are_explained_with_the_missing_permission(code):
+    err = explain(client_error(code), "b", "GetObject")
+    assert type(err) is S3AccessDenied
+    assert str(err) == (f"GetObject on bucket 'b': access denied ({code}); the credentials need "
+                        "permission s3:GetObject on this bucket")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "err",
+    [
+        NoCredentialsError(),
+        PartialCredentialsError(provider="env", cred_var="AWS_SECRET_ACCESS_KEY"),
+    ],
+)
+def test_missing_credentials_are_explained_with_the_hint(err):
+    explained = explain(err, "b", "PutObject", "d.csv: line 2")
+    assert type(explained) is S3CredentialsError
+    assert str(explained) == (f"d.csv: line 2: no usable AWS credentials for bucket 'b' ({err}); "
+                              f"{CREDENTIALS_HINT}")  # fmt: skip
+
+
+def test_other_errors_are_explained_with_their_code_or_repr():
+    acl = explain(client_error("AccessControlListNotSupported"), "b", "PutObject")
+    assert type(acl) is S3UploadError
+    assert str(acl).startswith("PutObject on bucket 'b': public_read needs object ACLs")
+    assert "BucketOwnerEnforced" in str(acl) and "public_read off" in str(acl)
+    other = explain(client_error("NoSuchKey", "gone"), "b", "GetObject", "d.csv: line 9")
+    assert type(other) is S3UploadError
+    assert str(other) == "d.csv: line 9: GetObject on bucket 'b' failed: NoSuchKey gone"
+    assert str(explain(ClientError({}, "PutObject"), "b", "PutObject")) == (
+        "PutObject on bucket 'b' failed:  "
+    )
+    plain = explain(ValueError("odd"), "b", "PutObject")
+    assert type(plain) is S3UploadError
+    assert str(plain) == "PutObject on bucket 'b' failed: ValueError('odd')"
+
+
+def test_retrying_backs_off_exponentially_with_jitter_then_gives_up(monkeypatch, caplog):
+    sleeps, jitter = [], []
+    monkeypatch.setattr(bucket.time, "sleep", sleeps.append)
+    monkeypatch.setattr(bucket.random, "uniform", lambda a, b: jitter.append((a, b)) or b)
+    calls = []
+
+    def down():
+        calls.append(1)
+        raise BotoConnectionError(error="down")
+
+    with caplog.at_level(logging.WARNING, logger="lwise.publish.bucket"):
+        with pytest.raises(BotoConnectionError):
+            retrying(down, attempts=3, backoff=0.5, what="file.png")
+    assert len(calls) == 4 and sleeps == [0.5, 1.0, 2.0]
+    assert jitter == [(0.5, 1.0)] * 3
+    assert [r.getMessage() for r in caplog.records] == [
+        f"file.png: {BotoConnectionError(error='down')}; retrying in {d}s ({i}/3)"
+        for i, d in ((1, "0.5"), (2, "1.0"), (3, "2.0"))
+    ]
+
+
+def test_retrying_returns_the_result_and_retries_only_connection_failures(monkeypatch):
+    sleeps = []
+    monkeypatch.setattr(bucket.time, "sleep", sleeps.append)
+    outcomes = iter([HTTPClientError(error="reset"), BotoConnectionError(error="down"), False])
+
+    def flaky():
+        outcome = next(outcomes)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    assert retrying(flaky, attempts=2, backoff=0.1, what="x") is False
+    assert len(sleeps) == 2 and 0.05 <= sleeps[0] <= 0.1 and 0.1 <= sleeps[1] <= 0.2
+    with pytest.raises(ClientError):
+        retrying(lambda: (_ for _ in ()).throw(client_error("AccessDenied")), attempts=5,
+                 backoff=0.1, what="x")  # fmt: skip
+    with pytest.raises(BotoConnectionError):
+        retrying(lambda: (_ for _ in ()).throw(BotoConnectionError(error="d")), attempts=0,
+                 backoff=0.1, what="x")  # fmt: skip
+    assert len(sleeps) == 2
+
+
+def test_an_existing_bucket_is_used_as_is_and_one_elsewhere_is_refused(s3_endpoint):
+    name = f"lwise-there-{uuid.uuid4().hex[:8]}"
+    client(s3_endpoint, "eu-central-1").create_bucket(
+        Bucket=name, CreateBucketConfiguration={"LocationConstraint": "eu-central-1"}
+    )
+    cfg = config(s3_endpoint, public_read=True)
+    here, sent = bucket_client(s3_endpoint, cfg, "eu-central-1")
+    assert ensure_bucket(here, name, "eu-central-1", cfg) is None
+    assert sent == ["HeadBucket"]
+    elsewhere, _ = bucket_client(s3_endpoint, cfg, "eu-west-1")
+    with pytest.raises(S3UploadError) as err:
+        ensure_bucket(elsewhere, name, "eu-west-1", cfg)
+    assert str(err.value) == (f"bucket {name!r} is in region 'eu-central-1', not 'eu-west-1'; "
+                              "set region: eu-central-1")  # fmt: skip
+
+
+def test_a_redirect_names_the_bucket_region(s3_endpoint):
+    cfg = config(s3_endpoint, retries=0)
+    moved = {"HeadBucket": lambda request, **_: injected(
+        request, 301, headers={"x-amz-bucket-region": "ap-south-1"})}  # fmt: skip
+    s3, _ = bucket_client(s3_endpoint, cfg, replies=moved)
+    with pytest.raises(S3UploadError, match=r"^bucket 'lwise-x' is in region 'ap-south-1', not "
+                                            r"'eu-west-1'; set region: ap-south-1$"):  # fmt: skip
+        ensure_bucket(s3, "lwise-x", "eu-west-1", cfg)
+
+
+@pytest.mark.parametrize("probe", ["denied", "unreachable"])
+def test_a_forbidden_bucket_is_someone_elses_or_not_listable(s3_endpoint, probe):
+    cfg = config(s3_endpoint, retries=0)
+
+    def listing(request, **_):
+        if probe == "denied":
+            return injected(request, 403, "AccessDenied")
+        raise BotoConnectionError(error="down")
+
+    replies = {"HeadBucket": lambda request, **_: injected(request, 403), "ListObjectsV2": listing}
+    s3, sent = bucket_client(s3_endpoint, cfg, replies=replies)
+    with pytest.raises(S3AccessDenied) as err:
+        ensure_bucket(s3, "lwise-x", "eu-west-1", cfg)
+    assert str(err.value) == (
+        "HeadBucket on bucket 'lwise-x': access denied; either another account owns a bucket of "
+        "that name (choose another) or the credentials lack s3:ListBucket on it"
+    )
+    assert sent == ["HeadBucket", "ListObjectsV2"]
+
+
+def test_other_head_failures_are_explained_not_taken_as_missing(s3_endpoint):
+    cfg = config(s3_endpoint, retries=0)
+    bad = {"HeadBucket": lambda request, **_: injected(request, 400)}
+    s3, sent = bucket_client(s3_endpoint, cfg, replies=bad)
+    with pytest.raises(S3UploadError, match=r"^HeadBucket on bucket 'lwise-x' failed: 400 "):
+        ensure_bucket(s3, "lwise-x", "eu-west-1", cfg)
+    assert sent == ["HeadBucket"]
+
+    def down(request, **_):
+        raise BotoConnectionError(error="down")
+
+    s3, sent = bucket_client(s3_endpoint, cfg, replies={"HeadBucket": down})
+    with pytest.raises(S3UploadError, match=r"^HeadBucket on bucket 'lwise-x' failed: "
+                                            r"ConnectionError"):  # fmt: skip
+        ensure_bucket(s3, "lwise-x", "eu-west-1", cfg)
+    assert sent == ["HeadBucket"]
+
+
+@pytest.mark.parametrize("public", [False, True])
+def test_a_new_bucket_is_created_in_its_region_with_the_asked_access(s3_endpoint, public, caplog):
+    cfg = config(s3_endpoint, public_read=public)
+    for region in ("us-east-1", "eu-west-1"):  # us-east-1 refuses an explicit LocationConstraint
+        name = f"lwise-new-{uuid.uuid4().hex[:8]}"
+        s3, sent = bucket_client(s3_endpoint, cfg, region)
+        with caplog.at_level(logging.INFO, logger="lwise.publish.bucket"):
+            ensure_bucket(s3, name, region, cfg)
+        assert f"created bucket {name} in {region}" in [r.getMessage() for r in caplog.records]
+        assert sent == ["HeadBucket", "CreateBucket"] + ["DeletePublicAccessBlock"] * public
+        location = s3.get_bucket_location(Bucket=name)["LocationConstraint"]
+        assert location == (None if region == "us-east-1" else region)
+        if public:
+            rules = s3.get_bucket_ownership_controls(Bucket=name)["OwnershipControls"]["Rules"]
+            assert rules == [{"ObjectOwnership": "BucketOwnerPreferred"}]
+        else:
+            with pytest.raises(ClientError, match="OwnershipControlsNotFound"):
+                s3.get_bucket_ownership_controls(Bucket=name)
+
+
+def test_bucket_creation_races_and_name_clashes(s3_endpoint):
+    cfg = config(s3_endpoint, retries=0, public_read=True)
+
+    def creating(code):
+        return {"CreateBucket": lambda request, **_: injected(request, 409, code)}
+
+    s3, sent = bucket_client(s3_endpoint, cfg, replies=creating("BucketAlreadyOwnedByYou"))
+    assert ensure_bucket(s3, "lwise-mine", "eu-west-1", cfg) is None  # created meanwhile: fine
+    assert sent == ["HeadBucket", "CreateBucket"]
+    s3, _ = bucket_client(s3_endpoint, cfg, replies=creating("BucketAlreadyExists"))
+    with pytest.raises(S3UploadError) as err:
+        ensure_bucket(s3, "lwise-theirs", "eu-west-1", cfg)
+    assert str(err.value) == (
+        "bucket 'lwise-theirs' already exists and belongs to another account; bucket names are "
+        "global, so choose another name (template or prefix)"
+    )
+    s3, _ = bucket_client(s3_endpoint, cfg, replies=creating("TooManyBuckets"))
+    with pytest.raises(S3UploadError, match=r"^CreateBucket on bucket 'lwise-many' failed: "
+                                            r"TooManyBuckets injected$"):  # fmt: skip
+        ensure_bucket(s3, "lwise-many", "eu-west-1", cfg)
