@@ -106,6 +106,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--train-eps", type=float, default=3.0)
     parser.add_argument("--train-steps", type=int, default=7)
     parser.add_argument("--train-step-size", type=float, default=0.5)
+    parser.add_argument(
+        "--train-compile", choices=("auto", "true", "false"), default="auto",
+        help="guide.train.compile for the training part (auto: eager at this size)",
+    )  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--parts",
@@ -471,6 +475,7 @@ def bench_training(args, gen) -> dict:
                 "attack_lr": args.train_step_size,
                 "eval_every": 3,
                 "seed": args.seed,
+                "compile": {"true": True, "false": False}.get(args.train_compile, "auto"),
             }
         )
         metrics = train(
@@ -534,16 +539,11 @@ def _attack_split(model, x, y, cfg, device: torch.device, repeats: int) -> dict:
     the folded copy the step uses (`LiveFolded`, refreshed each time), and on that copy
     compiled."""
     out = {}
-    folded = LiveFolded(model.eval())
-    compiled = torch.compile(folded.model, dynamic=False)
-    def refreshed_compiled() -> nn.Module:
-        folded.refresh(model)  # in place, under the compiled wrapper
-        return compiled
-
+    folded = LiveFolded(model.eval(), compile_batch=len(x))
     variants = (
         ("attack_live", lambda: model),
         ("attack_folded", lambda: folded.refresh(model)),
-        ("attack_folded_compiled", refreshed_compiled),
+        ("attack_folded_compiled", lambda: folded.refresh(model, len(x))),
     )
     for key, net in variants:
         model.eval()
@@ -575,16 +575,19 @@ def bench_train_step(args, device: torch.device, gen) -> dict:
         "attack_steps": args.train_steps, "attack_lr": args.train_step_size,
     })  # fmt: skip
     result = {"batch": batch, "eps": args.train_eps, "steps": args.train_steps}
-    for name in ("robustness", "ours"):
+    run = Run(device, 0, 1)
+    # ours_compiled: the training attack compiled (`guide.train.compile`), GPU only.
+    names = ("robustness", "ours", "ours_compiled") if run.fast else ("robustness", "ours")
+    for name in names:
         torch.manual_seed(args.seed)
         model = build_model(args.arch, TRAIN_CLASSES, IMAGENET_MEAN, IMAGENET_STD).to(device)
         opt, _ = make_optimizer(model, cfg)
-        if name == "ours":
-            run = Run(device, 0, 1)
+        if name.startswith("ours"):
             if run.fast:
                 model = model.to(memory_format=torch.channels_last)
             batches = [(x, y, None)] * repeats
-            folded = LiveFolded(model) if run.fast else None
+            compiled = batch if name == "ours_compiled" else None
+            folded = LiveFolded(model, compile_batch=compiled) if run.fast else None
             step = functools.partial(
                 _train_epoch, model, model, batches, opt, cfg, run, None, "train step", folded
             )
@@ -593,14 +596,16 @@ def bench_train_step(args, device: torch.device, gen) -> dict:
                 robustness_step, model, opt, x, y, cfg.eps, cfg.attack_steps, cfg.attack_lr
             )
             step = functools.partial(_repeat, one, repeats)
-        step()  # warm-up (cuDNN algorithms)
+        _, warm = timed(device, step)  # warm-up (cuDNN algorithms, compilation)
         _, seconds = timed(device, step)
         result[name] = batch * repeats / seconds
-        print(f"  training step, {name}: {result[name]:.1f} images/s", flush=True)
+        print(f"  training step, {name}: {result[name]:.1f} images/s (warm-up {warm:.1f} s)",
+              flush=True)  # fmt: skip
         if name == "ours" and run.fast:
             result.update(_attack_split(model, x, y, cfg, device, repeats))
-    result["ratio"] = result["ours"] / result["robustness"]
-    print(f"  ours / robustness: {result['ratio']:.2f}x", flush=True)
+    for name in names[1:]:
+        result[f"ratio_{name}"] = result[name] / result["robustness"]
+        print(f"  {name} / robustness: {result[f'ratio_{name}']:.2f}x", flush=True)
     return result
 
 
@@ -656,8 +661,11 @@ def main() -> None:
     if "train_step" in args.parts:
         results["train_step"] = bench_train_step(args, device, gen)
     if "training" in args.parts and "train_step" in args.parts:
-        ratio = results["training"]["images_per_s"] / results["train_step"]["ours"]
-        print(f"warm epoch on files / our training step: {ratio:.2f}", flush=True)
+        step = results["train_step"]
+        compiled = args.train_compile == "true" and "ours_compiled" in step
+        ours = "ours_compiled" if compiled else "ours"
+        ratio = results["training"]["images_per_s"] / step[ours]
+        print(f"warm epoch on files / our training step ({ours}): {ratio:.2f}", flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 

@@ -242,6 +242,39 @@ def test_live_folded_copy_follows_a_model_in_training():
     assert all(p.requires_grad for p in model.parameters())
 
 
+def test_compiled_live_folded_copy_sees_refreshed_weights_without_recompiling():
+    """The compiled copy (full training batches) reads the weights that refresh writes in place:
+    after a training step it computes the live model's logits and input gradients, with no new
+    compilation; other batch sizes get the eager copy."""
+    torch.manual_seed(0)
+    model = _random_bn_stats(build_model("small_cnn", 10, MEAN, STD), seed=4)
+    live = LiveFolded(model, compile_batch=8)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+
+    def logits_and_grad(net, x):
+        xg = x.clone().requires_grad_(True)
+        out = net(xg)
+        (grad,) = torch.autograd.grad(out.square().sum(), [xg])
+        return out.detach(), grad
+
+    x = torch.rand(8, 3, 32, 32)
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    for step in range(2):
+        model.eval()
+        compiled = live.refresh(model, 8)
+        assert compiled is not live.model and live.refresh(model, 5) is live.model
+        got, got_grad = logits_and_grad(compiled, x)
+        want, want_grad = logits_and_grad(model, x)
+        assert torch.allclose(got, want, atol=1e-4, rtol=1e-4), step
+        assert torch.allclose(got_grad, want_grad, atol=1e-4 * want_grad.abs().max(), rtol=1e-3)
+        model.train()  # a step moves the weights and the BatchNorm statistics
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(torch.rand(8, 3, 32, 32)), torch.arange(8)).backward()
+        opt.step()
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+
+
 # --- checkpoints -------------------------------------------------------------------------------
 
 

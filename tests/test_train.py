@@ -431,3 +431,22 @@ def test_gradient_clipping_bounds_each_update():
         moves[clip] = (after - before).norm().item()
     assert moves[0.5] == pytest.approx(0.5, rel=1e-4)
     assert moves[None] > 1.0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_robust_training_with_a_compiled_attack_learns_as_the_eager_one(digits_folder, tmp_path):
+    """`guide.train.compile`: the training attacks run on the compiled folded copy (one graph,
+    for full batches) and the model learns as with the eager copy."""
+    final = {}
+    for compiled in (False, True):
+        cfg = TrainConfig.from_dict({**SMALL_TRAIN, "epochs": 3, "compile": compiled})
+        torch._dynamo.reset()
+        torch._dynamo.utils.counters.clear()
+        out = tmp_path / str(compiled)
+        metrics = train(digits_folder / "dirmap.csv", out / "m.pt", out / "m.csv", out / "s", cfg)
+        graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        assert graphs == (1 if compiled else 0)  # 600 images, batch 25: only full batches
+        final[compiled] = metrics.iloc[-1]
+        assert final[compiled]["val_clean_acc"] > 0.6 and final[compiled]["val_adv_acc"] > 0.3
+    for key in ("val_clean_acc", "val_adv_acc"):
+        assert abs(final[True][key] - final[False][key]) < 0.1, key

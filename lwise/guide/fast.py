@@ -27,10 +27,12 @@ __all__ = [
     "ConvReLU",
     "LiveFolded",
     "SpaceToDepth",
+    "COMPILE_FROM_IMAGE_STEPS",
     "compile_cache_dir",
     "fold_batchnorm",
     "fuse_conv_relu",
     "prepare_fast",
+    "should_compile",
     "space_to_depth_stem",
 ]
 
@@ -46,6 +48,13 @@ _STEM_CHANNELS = "_lwise_space_to_depth"
 # float16 came within 1.8 % of the reference's logit gain, bfloat16 5.8-7.3 % below it.
 FAST_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 RECOMPILE_LIMIT = 64
+# `compile: auto` (enhancement and training) compiles a job of at least this many image-steps
+# (images x (attack steps + 1)). H200, ResNet-50, 224 px: enhancement in float16
+# (bench/pipeline.py) took 0.107 ms per image-step eager and 0.080 compiled, the training
+# attack in bfloat16 (bench/enhance.py --parts train_step) 0.116 and 0.092; compiling took 35 s
+# in a job that finds no cache and 15 s loading a cached one: break-even between 0.55 and 1.5
+# million image-steps.
+COMPILE_FROM_IMAGE_STEPS = 1_000_000
 
 
 def _module_uses(graph: fx.Graph) -> dict[str, int]:
@@ -342,6 +351,17 @@ def compile_cache_dir() -> Path:
     return root
 
 
+def should_compile(setting: bool | str, images: int, steps: int) -> bool | None:
+    """A `compile` setting: True or False as set; "auto" compiles (on a GPU: None lets
+    `prepare_fast` decide) when the job is large enough to repay compiling."""
+    if setting != "auto":
+        return bool(setting)
+    if images * (steps + 1) >= COMPILE_FROM_IMAGE_STEPS:
+        return None
+    log.info("%d images x %d steps: running eager (compiling would not pay off)", images, steps)
+    return False
+
+
 def prepare_fast(
     model: ImageClassifier, compile: bool | None = None, compile_mode: str | None = None
 ) -> nn.Module:
@@ -361,28 +381,37 @@ def prepare_fast(
     fast = fast.to(memory_format=torch.channels_last)
     if not (compile if compile is not None else device.type == "cuda"):
         return fast
+    return compile_fast(fast, compile_mode)
+
+
+def compile_fast(fast: nn.Module, mode: str | None = None) -> nn.Module:
+    """torch.compile of a `prepare_fast` model, static shapes, cached on disk. The parameters
+    stay inputs of the compiled code (inductor's freezing is off), so changing them in place
+    (`LiveFolded.refresh`) changes what it computes, without recompiling."""
     # Every ImageClassifier shares one forward code object, and each batch size adds a gradient
     # and a no-gradient graph: dynamo's default cap of 8 graphs would silently fall back to eager.
     torch._dynamo.config.recompile_limit = max(
         torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT
     )
     log.info("torch.compile cache: %s", compile_cache_dir())
-    return torch.compile(fast, mode=compile_mode, dynamic=False)
+    return torch.compile(fast, mode=mode, dynamic=False)
 
 
 class LiveFolded:
-    """A `prepare_fast` copy (eager) of a model that is still training, for the attacks of its
-    training steps: `refresh(model)` recomputes the copy's folded weights from the live weights
-    and BatchNorm statistics, in place, and returns it.
+    """A `prepare_fast` copy of a model that is still training, for the attacks of its training
+    steps: `refresh(model, batch)` recomputes the copy's folded weights from the live weights
+    and BatchNorm statistics, in place, and returns it: compiled for batches of
+    `compile_batch` images when that is given, eager for any other size (validation, the last
+    batch of an epoch), so that only one shape is ever compiled.
 
     The attack runs in eval mode (robustness's `make_adv`), where BatchNorm is an affine map, so
     the copy computes the same function as the live model. On an H200 (ResNet-50, batch 128,
-    eps 3, 7 steps, bfloat16) the attack alone ran 1,119 images/s on the folded copy against 497
-    on the live model (bench/enhance.py --parts train_step); refreshing costs one small kernel
-    per tensor.
+    eps 3, 7 steps, bfloat16) the attack alone ran 1,061-1,094 images/s on the eager copy,
+    1,279-1,446 compiled, against 500 on the live model (bench/enhance.py --parts train_step);
+    refreshing costs one small kernel per tensor.
     """
 
-    def __init__(self, model: ImageClassifier):
+    def __init__(self, model: ImageClassifier, compile_batch: int | None = None):
         self.model = prepare_fast(model, compile=False)
         self._folded: list[tuple[nn.Module, str, str | None, tuple[int, int] | None]] = []
         covered: set[str] = set()
@@ -399,9 +428,11 @@ class LiveFolded:
             if key not in live:  # a rewrite this class does not know about
                 raise RuntimeError(f"LiveFolded: {key} of the prepared copy has no live source")
             self._copies.append((tensor, key))
+        self.compile_batch = compile_batch
+        self._compiled = None if compile_batch is None else compile_fast(self.model)
 
     @torch.no_grad()
-    def refresh(self, model: ImageClassifier) -> nn.Module:
+    def refresh(self, model: ImageClassifier, batch: int | None = None) -> nn.Module:
         live = model.state_dict(keep_vars=True)
         for tensor, key in self._copies:
             tensor.copy_(live[key])
@@ -418,4 +449,6 @@ class LiveFolded:
             module.weight.copy_(weight)
             if bias is not None:
                 module.bias.copy_(bias)
+        if self._compiled is not None and batch == self.compile_batch:
+            return self._compiled
         return self.model

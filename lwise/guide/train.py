@@ -38,7 +38,7 @@ from lwise.guide._optim import make_optimizer, step_schedule
 from lwise.guide._resume import load_state, run_key, save_state
 from lwise.guide.attacks import pgd
 from lwise.guide.checkpoints import load_model, save_checkpoint
-from lwise.guide.fast import FAST_DTYPES, LiveFolded
+from lwise.guide.fast import FAST_DTYPES, LiveFolded, should_compile
 from lwise.guide.models import ImageClassifier, build_model, head_name, replace_head
 
 __all__ = [
@@ -95,6 +95,7 @@ class TrainConfig(Section):
     attack_lr: float
     eval_every: int
     mixed_precision: bool
+    compile: bool | str
     mixup: float
     cutmix: float
     freeze: str
@@ -165,12 +166,14 @@ def make_model(cfg: TrainConfig, class_names: list[str]) -> ImageClassifier:
     return model
 
 
-def _folded(model: ImageClassifier, cfg: TrainConfig, run: Run) -> LiveFolded | None:
+def _folded(model: ImageClassifier, cfg: TrainConfig, run: Run, images: int) -> LiveFolded | None:
     """What fast-mode attacks run on (a GPU, mixed precision, robust training): a folded copy of
-    the model, refreshed before each attack; else None (the live model in fp32, as robustness)."""
-    if run.fast and cfg.mixed_precision and cfg.adversarial:
-        return LiveFolded(model)
-    return None
+    the model, refreshed before each attack, compiled for full batches when `cfg.compile` says
+    so for `images` training images; else None (the live model in fp32, as robustness)."""
+    if not (run.fast and cfg.mixed_precision and cfg.adversarial):
+        return None
+    compile = should_compile(cfg.compile, images * cfg.epochs, cfg.attack_steps) is not False
+    return LiveFolded(model, compile_batch=cfg.batch_size if compile else None)
 
 
 def _attack(
@@ -182,7 +185,7 @@ def _attack(
     # running statistics) can have eval-mode activations beyond float16's range, whose gradients
     # pgd would skip.
     adv = pgd(
-        model if fast is None else fast.refresh(model), x, y, eps=cfg.eps,
+        model if fast is None else fast.refresh(model, len(x)), x, y, eps=cfg.eps,
         step_size=cfg.attack_lr, steps=cfg.attack_steps, constraint=cfg.constraint,
         objective="cross_entropy", direction="attack",
         mode="reference" if fast is None else "fast", fast_dtype=TRAIN_DTYPE,
@@ -306,7 +309,7 @@ def train(
     net = nn.parallel.DistributedDataParallel(model) if run.world > 1 else model
     mixer = _train_data.mixer(cfg, len(class_names))
     val_loader = _train_data.val_loader(val_set, cfg, run)
-    folded = _folded(model, cfg, run)
+    folded = _folded(model, cfg, run, len(train_set))
 
     for epoch in range(start, cfg.epochs):
         began = time.time()

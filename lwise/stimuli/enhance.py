@@ -32,22 +32,18 @@ from lwise.data.loading import to_unit
 from lwise.data.pixels import pixel_batches
 from lwise.guide.attacks import pgd
 from lwise.guide.augment import MultiView, views_cost
+from lwise.guide.fast import should_compile
 from lwise.guide.load import Guide, load_guide
 from lwise.stimuli._write import ImageWriter, stimulus_dirmap, stimulus_keys, to_uint8
 from lwise.stimuli.settings import provenance, steps_for, write_provenance
 
-__all__ = ["EnhanceConfig", "default_batch_size", "enhance", "quantise", "should_compile"]
+__all__ = ["EnhanceConfig", "default_batch_size", "enhance", "quantise"]
 
 log = logging.getLogger(__name__)
 
 # Batch sizes when the config leaves `batch_size` null. On an H200 (ResNet-50, 224 px, eps 20)
 # the fast mode ran 325.6 images/s at 256 against 265.5 at 128 (issue 12's measurements).
 GPU_BATCH, CPU_BATCH = 256, 128
-# `compile: auto` compiles a job of at least this many image-steps. H200, ResNet-50, 224 px,
-# float16 (bench/pipeline.py): eager 0.107 ms and compiled 0.080 ms per image-step, compiling
-# 35 s in a job that finds no cache and 15 s loading a cached one: break-even between 0.55
-# and 1.3 million image-steps.
-COMPILE_FROM_IMAGE_STEPS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -75,17 +71,6 @@ class EnhanceConfig(Section):
 def default_batch_size(device: torch.device) -> int:
     """The batch size of a job whose config says null: 256 on a GPU, 128 on the CPU."""
     return GPU_BATCH if device.type == "cuda" else CPU_BATCH
-
-
-def should_compile(setting: bool | str, images: int, steps: int) -> bool | None:
-    """`enhance.compile`: True or False as set; "auto" compiles (on a GPU: None lets
-    `prepare_fast` decide) when the job is large enough to repay compiling."""
-    if setting != "auto":
-        return bool(setting)
-    if images * (steps + 1) >= COMPILE_FROM_IMAGE_STEPS:
-        return None
-    log.info("%d images x %d steps: running eager (compiling would not pay off)", images, steps)
-    return False
 
 
 def quantise(x: torch.Tensor) -> torch.Tensor:
