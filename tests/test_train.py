@@ -206,7 +206,9 @@ def _start(folder, out, cfg, device="cpu"):
     ],
 )
 def test_killed_training_resumes_the_same_schedule(digits_folder, tmp_path, device):
-    cfg = {**SMALL_TRAIN, "epochs": 4, "adversarial": False, "eval_every": 2}
+    # Augmented, with loader workers kept across epochs: a resumed run draws the same crops.
+    cfg = {**SMALL_TRAIN, "epochs": 4, "adversarial": False, "eval_every": 2,
+           "augment": "crop_flip", "workers": 2}  # fmt: skip
     proc = _start(digits_folder, tmp_path / "killed", cfg, device)
     state = tmp_path / "killed/state/last.pt"
     deadline = time.time() + 300
@@ -450,3 +452,35 @@ def test_robust_training_with_a_compiled_attack_learns_as_the_eager_one(digits_f
         assert final[compiled]["val_clean_acc"] > 0.6 and final[compiled]["val_adv_acc"] > 0.3
     for key in ("val_clean_acc", "val_adv_acc"):
         assert abs(final[True][key] - final[False][key]) < 0.1, key
+
+
+def test_augmentation_depends_on_seed_epoch_and_image_only(digits_folder):
+    """Each image's random crop and flip come from (seed, epoch, position): the same with loader
+    workers kept across epochs as in the main process, in any order of loading; another epoch
+    draws anew."""
+    from lwise.guide import _train_data
+    from lwise.guide._distributed import Run
+
+    def epoch_batches(workers: int, epochs: list[int]) -> dict[int, dict[int, torch.Tensor]]:
+        cfg = TrainConfig.from_dict(
+            {**SMALL_TRAIN, "augment": "crop_flip", "workers": workers, "batch_size": 100}
+        )
+        train_set, _, _ = _train_data.datasets(digits_folder / "dirmap.csv", cfg)
+        loader = _train_data.train_loader(train_set, cfg, Run(torch.device("cpu"), 0, 1), False)
+        seen = {}
+        for epoch in epochs:
+            loader.sampler.set_epoch(epoch)
+            batches = list(loader)
+            seen[epoch] = {int(i): x for xs, _, pos in batches for x, i in zip(xs, pos)}
+            seen[epoch]["order"] = torch.cat([pos for _, _, pos in batches])
+        return seen
+
+    main = epoch_batches(0, [1, 2])
+    workers = epoch_batches(2, [0, 1])  # the same workers load epochs 0 and 1
+    assert torch.equal(main[1]["order"], workers[1]["order"])
+    assert not torch.equal(main[1]["order"], main[2]["order"])
+    images = [i for i in main[1] if i != "order"]
+    assert len(images) == 600
+    assert all(torch.equal(main[1][i], workers[1][i]) for i in images)
+    changed = sum(not torch.equal(main[1][i], main[2][i]) for i in images)
+    assert changed > 500  # crops of 0.8-1 of the area at 32 px rarely coincide

@@ -84,10 +84,19 @@ class DirmapImages(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, key: int | tuple[int, int]):
+        """`key` is a row position, or (row position, seed): the transform's random draws then
+        come from that seed alone, whichever process loads the image and whatever it loaded
+        before (`lwise.guide._train_data.SeededSampler`)."""
+        i, seed = key if isinstance(key, tuple) else (key, None)
         with Image.open(self.paths[i]) as img:
             img.load()
-            return self.transform(to_rgb(img)), self.labels[i], i
+            rgb = to_rgb(img)
+        if seed is None:
+            return self.transform(rgb), self.labels[i], i
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.transform(rgb), self.labels[i], i
 
 
 def preprocess_transform(size: int) -> v2.Compose:

@@ -10,8 +10,9 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sampler
 
 from lwise.data import dirmap
 from lwise.data.loading import DirmapImages, eval_transform, train_transform
@@ -64,26 +65,53 @@ def fingerprint(
     return h.hexdigest()
 
 
+class SeededSampler(Sampler[tuple[int, int]]):
+    """The positions `base` draws for the epoch set by `set_epoch`, each paired with a seed for
+    its augmentation that depends on (seed, epoch, position) only. The order and every image's
+    augmentation are therefore the same in a resumed run as in an uninterrupted one, whatever
+    the number of loader workers, and the workers can live across epochs."""
+
+    def __init__(self, base: Sampler[int], seed: int):
+        self.base, self.seed, self.epoch = base, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if isinstance(self.base, DistributedSampler):
+            self.base.set_epoch(epoch)
+        else:  # RandomSampler: the shuffle order depends on the epoch only
+            self.base.generator.manual_seed(self.seed * 100_003 + epoch)
+
+    def __iter__(self):
+        for i in self.base:
+            seed = np.random.SeedSequence([self.seed, self.epoch, i]).generate_state(1)[0]
+            yield i, int(seed)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+
 def val_loader(val_set: DirmapImages, cfg: TrainConfig, run: Run) -> DataLoader:
     return DataLoader(
         val_set, batch_size=cfg.val_batch_size, num_workers=cfg.workers, pin_memory=run.fast,
         sampler=DistributedSampler(val_set, shuffle=False) if run.world > 1 else None,
+        persistent_workers=cfg.workers > 0,
     )  # fmt: skip
 
 
 def train_loader(
-    train_set: DirmapImages, cfg: TrainConfig, run: Run, epoch: int, drop_last: bool
+    train_set: DirmapImages, cfg: TrainConfig, run: Run, drop_last: bool
 ) -> DataLoader:
+    """The loader of every epoch (`loader.sampler.set_epoch(epoch)` before each): its worker
+    processes start once, not once per epoch (about 1.4 s per epoch on 16 workers, an H200
+    and ResNet-50: a first batch decoded by each worker before the GPU gets any)."""
     if run.world > 1:
-        sampler = DistributedSampler(train_set, seed=cfg.seed)
-        sampler.set_epoch(epoch)
-    else:  # the shuffle order depends on the epoch only, so a resumed run sees the same
-        sampler = RandomSampler(
-            train_set, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-        )
+        base = DistributedSampler(train_set, seed=cfg.seed)
+    else:
+        base = RandomSampler(train_set, generator=torch.Generator())
     return DataLoader(
-        train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
-        pin_memory=run.fast, drop_last=drop_last,
+        train_set, batch_size=cfg.batch_size, sampler=SeededSampler(base, cfg.seed),
+        num_workers=cfg.workers, pin_memory=run.fast, drop_last=drop_last,
+        persistent_workers=cfg.workers > 0,
     )  # fmt: skip
 
 

@@ -309,11 +309,12 @@ def train(
     net = nn.parallel.DistributedDataParallel(model) if run.world > 1 else model
     mixer = _train_data.mixer(cfg, len(class_names))
     val_loader = _train_data.val_loader(val_set, cfg, run)
+    loader = _train_data.train_loader(train_set, cfg, run, drop_last=mixer is not None)
     folded = _folded(model, cfg, run, len(train_set))
 
     for epoch in range(start, cfg.epochs):
         began = time.time()
-        loader = _train_data.train_loader(train_set, cfg, run, epoch, drop_last=mixer is not None)
+        loader.sampler.set_epoch(epoch)
         desc = f"epoch {epoch + 1}/{cfg.epochs}"
         row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"]}
         row |= _train_epoch(net, model, loader, opt, cfg, run, mixer, desc, folded)
