@@ -472,7 +472,8 @@ def test_augmentation_depends_on_seed_epoch_and_image_only(digits_folder):
         for epoch in epochs:
             loader.sampler.set_epoch(epoch)
             batches = list(loader)
-            seen[epoch] = {int(i): x for xs, _, pos in batches for x, i in zip(xs, pos)}
+            pairs = (zip(xs, pos, strict=True) for xs, _, pos in batches)
+            seen[epoch] = {int(i): x for pair in pairs for x, i in pair}
             seen[epoch]["order"] = torch.cat([pos for _, _, pos in batches])
         return seen
 
