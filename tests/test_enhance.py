@@ -132,11 +132,13 @@ def test_views_and_steps_are_recorded_in_the_sets_provenance(held_out, digits_mo
 
 
 def test_compilation_is_chosen_by_job_size_unless_set():
-    from lwise.guide.fast import COMPILE_FROM_IMAGE_STEPS, should_compile
+    from lwise.guide.fast import COMPILE_FROM_IMAGE_STEPS, cudnn_autotune, should_compile
 
     assert should_compile(True, 10, 1) is True and should_compile(False, 10**7, 40) is False
     assert should_compile("auto", 1000, 40) is False  # 41,000 image-steps: eager
     assert should_compile("auto", COMPILE_FROM_IMAGE_STEPS // 41 + 1, 40) is None  # GPU: compile
     assert EnhanceConfig.from_config().compile == "auto"
+    # cuDNN's per-shape autotuning, like compiling, only for jobs large enough to repay it.
+    assert not cudnn_autotune(4096, 40) and cudnn_autotune(COMPILE_FROM_IMAGE_STEPS // 41 + 1, 40)
     with pytest.raises(Exception, match="compile"):
         EnhanceConfig.from_config({"compile": "sometimes"})
