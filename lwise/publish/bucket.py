@@ -82,6 +82,11 @@ def make_client(session: boto3.Session, cfg: UploadConfig, region: str):
     return session.client("s3", endpoint_url=cfg.endpoint_url, config=Config(**options))
 
 
+def _code(err: ClientError) -> str:
+    """The S3 error code of a reply ("" when it has none)."""
+    return err.response.get("Error", {}).get("Code", "")
+
+
 def explain(err: Exception, bucket: str, operation: str, where: str = "") -> Exception:
     """An S3UploadError naming bucket, operation and (optionally) the dirmap line."""
     place = f"{where}: " if where else ""
@@ -90,8 +95,7 @@ def explain(err: Exception, bucket: str, operation: str, where: str = "") -> Exc
             f"{place}no usable AWS credentials for bucket {bucket!r} ({err}); {CREDENTIALS_HINT}"
         )
     if isinstance(err, ClientError):
-        code = err.response.get("Error", {}).get("Code", "")
-        message = err.response.get("Error", {}).get("Message", "")
+        code, message = _code(err), err.response.get("Error", {}).get("Message", "")
         if code in _BAD_CREDENTIALS:
             return S3CredentialsError(
                 f"{place}{operation} on bucket {bucket!r}: credentials rejected ({code}); "
@@ -144,8 +148,7 @@ def ensure_bucket(client, bucket: str, region: str, cfg: UploadConfig) -> None:
             try:
                 client.list_objects_v2(Bucket=bucket, MaxKeys=1)
             except ClientError as probe:
-                code = probe.response.get("Error", {}).get("Code", "")
-                if code in _BAD_CREDENTIALS:
+                if _code(probe) in _BAD_CREDENTIALS:
                     raise explain(probe, bucket, "HeadBucket") from err
             except BotoCoreError:
                 pass
@@ -158,9 +161,7 @@ def ensure_bucket(client, bucket: str, region: str, cfg: UploadConfig) -> None:
     except BotoCoreError as err:
         raise explain(err, bucket, "HeadBucket") from err
     else:
-        actual = head.get("BucketRegion") or head["ResponseMetadata"]["HTTPHeaders"].get(
-            "x-amz-bucket-region"
-        )
+        actual = head.get("BucketRegion")  # botocore's parse of x-amz-bucket-region
         if actual and actual != region:
             raise S3UploadError(
                 f"bucket {bucket!r} is in region {actual!r}, not {region!r}; set region: {actual}"
@@ -179,9 +180,9 @@ def ensure_bucket(client, bucket: str, region: str, cfg: UploadConfig) -> None:
             # New buckets block public ACLs; public_read is an explicit request to allow them.
             client.delete_public_access_block(Bucket=bucket)
     except ClientError as err:
-        if err.response.get("Error", {}).get("Code") == "BucketAlreadyOwnedByYou":
+        if _code(err) == "BucketAlreadyOwnedByYou":
             return
-        if err.response.get("Error", {}).get("Code") == "BucketAlreadyExists":
+        if _code(err) == "BucketAlreadyExists":
             raise S3UploadError(
                 f"bucket {bucket!r} already exists and belongs to another account; "
                 "bucket names are global, so choose another name (template or prefix)"
