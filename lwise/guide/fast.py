@@ -359,7 +359,8 @@ def should_compile(setting: bool | str, images: int, steps: int) -> bool | None:
         return bool(setting)
     if images * (steps + 1) >= COMPILE_FROM_IMAGE_STEPS:
         return None
-    log.info("%d images x %d steps: running eager (compiling would not pay off)", images, steps)
+    if torch.cuda.is_available():  # the CPU never compiles: nothing to explain there
+        log.info("%d images x %d steps: running eager (compiling would not pay off)", images, steps)
     return False
 
 
