@@ -141,7 +141,6 @@ def model_vs_human(
         on=keys,
         how="left",
         suffixes=("_human", "_model"),
-        validate="many_to_one",
         indicator=True,
     )
     unmatched = merged["_merge"] != "both"
