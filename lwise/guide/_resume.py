@@ -25,8 +25,9 @@ from lwise.core.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 
-# Settings that change how fast a run goes, never what it computes.
-RESULT_NEUTRAL = ("workers",)
+# Settings that change how fast a run goes, not what it computes (augmentation is seeded per
+# image, whatever the workers; a compiled attack differs from the eager one by rounding only).
+RESULT_NEUTRAL = ("workers", "compile")
 KEY_PARTS = {
     "settings": "training settings (guide.train)",
     "data": "training data (the dirmap's rows or its image files)",
