@@ -45,7 +45,7 @@ from lwise.data.loading import (  # noqa: E402
 )
 from lwise.guide.attacks import pgd  # noqa: E402
 from lwise.guide.checkpoints import save_checkpoint  # noqa: E402
-from lwise.guide.fast import should_compile  # noqa: E402
+from lwise.guide.compiling import should_compile  # noqa: E402
 from lwise.guide.load import load_guide  # noqa: E402
 from lwise.stimuli._write import ImageWriter, to_uint8  # noqa: E402
 

@@ -132,7 +132,7 @@ def test_views_and_steps_are_recorded_in_the_sets_provenance(held_out, digits_mo
 
 
 def test_compilation_is_chosen_by_job_size_unless_set():
-    from lwise.guide.fast import COMPILE_FROM_IMAGE_STEPS, cudnn_autotune, should_compile
+    from lwise.guide.compiling import COMPILE_FROM_IMAGE_STEPS, cudnn_autotune, should_compile
 
     assert should_compile(True, 10, 1) is True and should_compile(False, 10**7, 40) is False
     assert should_compile("auto", 1000, 40) is False  # 41,000 image-steps: eager

@@ -92,10 +92,9 @@ class DirmapImages(Dataset):
         with Image.open(self.paths[i]) as img:
             img.load()
             rgb = to_rgb(img)
-        if seed is None:
-            return self.transform(rgb), self.labels[i], i
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with torch.random.fork_rng(devices=[], enabled=seed is not None):
+            if seed is not None:
+                torch.manual_seed(seed)
             return self.transform(rgb), self.labels[i], i
 
 

@@ -12,14 +12,13 @@ from __future__ import annotations
 import copy
 import logging
 import operator
-import os
-from pathlib import Path
 
 import torch
 from torch import fx, nn
 from torch.nn import functional as F
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_conv_bn_weights
 
+from lwise.guide.compiling import compile_fast
 from lwise.guide.models import ImageClassifier
 
 __all__ = [
@@ -27,13 +26,9 @@ __all__ = [
     "ConvReLU",
     "LiveFolded",
     "SpaceToDepth",
-    "COMPILE_FROM_IMAGE_STEPS",
-    "compile_cache_dir",
-    "cudnn_autotune",
     "fold_batchnorm",
     "fuse_conv_relu",
     "prepare_fast",
-    "should_compile",
     "space_to_depth_stem",
 ]
 
@@ -48,14 +43,6 @@ _STEM_CHANNELS = "_lwise_space_to_depth"
 # mantissa bits matter for input gradients. On the H100 bench (random-weight ResNet-50, eps 20)
 # float16 came within 1.8 % of the reference's logit gain, bfloat16 5.8-7.3 % below it.
 FAST_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
-RECOMPILE_LIMIT = 64
-# `compile: auto` (enhancement and training) compiles a job of at least this many image-steps
-# (images x (attack steps + 1)). H200, ResNet-50, 224 px: enhancement in float16
-# (bench/pipeline.py) took 0.107 ms per image-step eager and 0.080 compiled, the training
-# attack in bfloat16 (bench/enhance.py --parts train_step) 0.116 and 0.092; compiling took 35 s
-# in a job that finds no cache and 15 s loading a cached one: break-even between 0.55 and 1.5
-# million image-steps.
-COMPILE_FROM_IMAGE_STEPS = 1_000_000
 
 
 def _module_uses(graph: fx.Graph) -> dict[str, int]:
@@ -337,43 +324,6 @@ def fuse_conv_relu(model: ImageClassifier) -> ImageClassifier:
     return model
 
 
-def compile_cache_dir() -> Path:
-    """Where torch.compile keeps its compiled kernels and graphs, so that every job of a run and
-    later runs compile once: `TORCHINDUCTOR_CACHE_DIR` when set, else `lwise/torchinductor`
-    under the user's cache folder (`XDG_CACHE_HOME`, default ~/.cache), never inductor's own
-    default under /tmp, which machines clear. Triton's kernels follow (`TRITON_CACHE_DIR`).
-    Sets both variables for this process and its children."""
-    if not os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
-        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache / "lwise" / "torchinductor")
-    root = Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
-    os.environ.setdefault("TRITON_CACHE_DIR", str(root / "triton"))
-    root.mkdir(parents=True, exist_ok=True)
-    return root
-
-
-def should_compile(setting: bool | str, images: int, steps: int) -> bool | None:
-    """A `compile` setting: True or False as set; "auto" compiles (on a GPU: None lets
-    `prepare_fast` decide) when the job is large enough to repay compiling."""
-    if setting != "auto":
-        return bool(setting)
-    if images * (steps + 1) >= COMPILE_FROM_IMAGE_STEPS:
-        return None
-    if torch.cuda.is_available():  # the CPU never compiles: nothing to explain there
-        log.info("%d images x %d steps: running eager (compiling would not pay off)", images, steps)
-    return False
-
-
-def cudnn_autotune(images: int, steps: int) -> bool:
-    """Whether a job of `images` x (`steps` + 1) image-steps should let cuDNN time its
-    algorithms for each new shape (`torch.backends.cudnn.benchmark`): only a large one. H200,
-    ResNet-50 float16, 4,096 images per fresh process (README, "Speed"; 2026-12-01): the first
-    attack batch took 1.9-2.9 s with autotuning and 0.95-1.9 s without; at eps 2 / 4 steps the
-    attacks took 4.07 s against 2.88 s, at eps 20 / 40 steps 19.08 against 18.47, while the
-    steady state gained 2.4 % per batch with it: break-even near 15,000 images at 40 steps."""
-    return images * (steps + 1) >= COMPILE_FROM_IMAGE_STEPS
-
-
 def prepare_fast(
     model: ImageClassifier, compile: bool | None = None, compile_mode: str | None = None
 ) -> nn.Module:
@@ -383,7 +333,8 @@ def prepare_fast(
     is True (default: only on CUDA, as compiling on the CPU costs more than it saves). Shapes
     are compiled statically: each new batch size compiles again, and so does each call
     (folding makes a new module class), so prepare once per process. Compiled code is cached
-    on disk (`compile_cache_dir`): a later job with the same model and shapes loads it.
+    on disk (`lwise.guide.compiling.compile_cache_dir`): a later job with the same model and
+    shapes loads it.
     """
     device = next(model.parameters()).device
     # Fixed shapes for the whole job: let cuDNN pick its fastest convolution algorithms.
@@ -394,19 +345,6 @@ def prepare_fast(
     if not (compile if compile is not None else device.type == "cuda"):
         return fast
     return compile_fast(fast, compile_mode)
-
-
-def compile_fast(fast: nn.Module, mode: str | None = None) -> nn.Module:
-    """torch.compile of a `prepare_fast` model, static shapes, cached on disk. The parameters
-    stay inputs of the compiled code (inductor's freezing is off), so changing them in place
-    (`LiveFolded.refresh`) changes what it computes, without recompiling."""
-    # Every ImageClassifier shares one forward code object, and each batch size adds a gradient
-    # and a no-gradient graph: dynamo's default cap of 8 graphs would silently fall back to eager.
-    torch._dynamo.config.recompile_limit = max(
-        torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT
-    )
-    log.info("torch.compile cache: %s", compile_cache_dir())
-    return torch.compile(fast, mode=mode, dynamic=False)
 
 
 class LiveFolded:

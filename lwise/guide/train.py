@@ -38,7 +38,8 @@ from lwise.guide._optim import make_optimizer, step_schedule
 from lwise.guide._resume import load_state, run_key, save_state
 from lwise.guide.attacks import pgd
 from lwise.guide.checkpoints import load_model, save_checkpoint
-from lwise.guide.fast import FAST_DTYPES, LiveFolded, should_compile
+from lwise.guide.compiling import should_compile
+from lwise.guide.fast import FAST_DTYPES, LiveFolded
 from lwise.guide.models import ImageClassifier, build_model, head_name, replace_head
 
 __all__ = [

@@ -32,7 +32,7 @@ from lwise.data.loading import to_unit
 from lwise.data.pixels import pixel_batches
 from lwise.guide.attacks import pgd
 from lwise.guide.augment import MultiView, views_cost
-from lwise.guide.fast import cudnn_autotune, should_compile
+from lwise.guide.compiling import cudnn_autotune, should_compile
 from lwise.guide.load import Guide, load_guide
 from lwise.stimuli._write import ImageWriter, stimulus_dirmap, stimulus_keys, to_uint8
 from lwise.stimuli.settings import provenance, steps_for, write_provenance
