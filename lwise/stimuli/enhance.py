@@ -6,16 +6,20 @@ natural set (`lwise.stimuli.natural`), perturbed within an L2 (or L-inf) ball, a
 its versions.
 
 A job is a pipeline that keeps the GPU busy: the preprocessed pixels (`lwise.data.pixels`,
-decoded once per dataset) are read ahead in a thread, the attack runs on the GPU, and PNG
-encoding and writing run behind it in worker processes (`lwise.stimuli._write.ImageWriter`).
+decoded once per dataset) are read ahead in a thread, the attack runs on the GPU, each result
+is copied off it in a second thread while the next batch is attacked, and PNG encoding and
+writing run behind it in worker processes (`lwise.stimuli._write.ImageWriter`).
 Without a pixel cache the images are decoded ahead in DataLoader workers. Where the fast mode's
 half precision overflows, the batch is enhanced again in float32 (`_attack`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -184,13 +188,15 @@ def enhance(
         )  # fmt: skip
         bar = progress(total=len(df), desc=f"{objective} eps={eps:g}", unit="img")
         with bar, atomic_path(out_dir, directory=True) as tmp, writer.stopping_on_error():
-            for pos, u8 in source:
-                x = to_unit(u8.to(guide.device, non_blocking=True)).contiguous(memory_format=layout)
-                y = labels[pos].to(guide.device, non_blocking=True)
-                adv = _attack(guide, nets, x, y, attack)
-                stats[pos] = _achieved(guide, x, adv, y)
-                writer.write(to_uint8(adv).cpu().numpy(), [tmp / keys[i] for i in pos])
-                bar.update(len(pos))
+            with _handing_over(writer) as hand_over:
+                for pos, u8 in source:
+                    x = to_unit(u8.to(guide.device, non_blocking=True))
+                    x = x.contiguous(memory_format=layout)
+                    y = labels[pos].to(guide.device, non_blocking=True)
+                    adv = _attack(guide, nets, x, y, attack)
+                    stats[pos] = _achieved(guide, x, adv, y)
+                    hand_over(to_uint8(adv), [tmp / keys[i] for i in pos])
+                    bar.update(len(pos))
             writer.finish()  # every file written before the rename
             out = stimulus_dirmap(
                 df,
@@ -215,6 +221,30 @@ def enhance(
         out["logit_gain"].mean(),
     )  # fmt: skip
     return out
+
+
+@contextlib.contextmanager
+def _handing_over(writer: ImageWriter) -> Iterator[Callable[[torch.Tensor, list[Path]], None]]:
+    """`hand_over(u8, paths)`: copy a batch off the GPU and into the writer's ring in a thread,
+    so that the next batch's attack is launched meanwhile (8,192 images at eps 20 on an H200:
+    188 images/s with the copy in the loop, 205 with it here). One batch at most is in hand;
+    its error is raised at the next hand-over or on leaving, which waits for it, so the writer
+    is never aborted under it."""
+    thread = ThreadPoolExecutor(1, thread_name_prefix="lwise-handover")
+    last: Future | None = None
+
+    def hand_over(u8: torch.Tensor, paths: list[Path]) -> None:
+        nonlocal last
+        if last is not None:
+            last.result()
+        last = thread.submit(lambda: writer.write(u8.cpu().numpy(), paths))
+
+    try:
+        yield hand_over
+        if last is not None:
+            last.result()
+    finally:
+        thread.shutdown(wait=True)
 
 
 def _attack(
