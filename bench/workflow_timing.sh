@@ -10,6 +10,9 @@ work="${WORK:-/tmp/lwise-workflow-timing}"
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 cores="${CORES:-$(nproc)}"
 mkdir -p "$work" "$out"
+if [ -n "${PYTHONDONTWRITEBYTECODE:-}" ]; then
+  echo "note: PYTHONDONTWRITEBYTECODE is set: every job compiles torch's bytecode while importing"
+fi
 python3 "$repo/bench/imagenette_like.py" "$work/images" --workers "$cores" \
   --train "${TRAIN:-4000}" --val "${VAL:-1120}"
 python3 "$repo/bench/random_guide.py" "$work/guide.pt"
