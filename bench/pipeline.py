@@ -48,6 +48,7 @@ from lwise.guide.checkpoints import save_checkpoint  # noqa: E402
 from lwise.guide.compiling import should_compile  # noqa: E402
 from lwise.guide.load import load_guide  # noqa: E402
 from lwise.stimuli._write import ImageWriter, to_uint8  # noqa: E402
+from lwise.stimuli.settings import PNG_STRATEGIES, Encoding  # noqa: E402
 
 JOB = """
 import json, sys, time
@@ -184,16 +185,20 @@ def limits(csv: Path, size: int, n: int, processes: int, device: torch.device, o
     gen = torch.Generator().manual_seed(2)
     imgs = random_images(256, size, gen)
     imgs = to_uint8((imgs + 0.03 * torch.randn(imgs.shape, generator=gen)).clamp(0, 1)).numpy()
-    for procs in (0, processes):
-        with ImageWriter(procs, "png", 95) as writer:
-            count = 256 if procs == 0 else 2048
-            start = time.perf_counter()
-            for k in range(count // 256):
-                writer.write(imgs, [out / f"png{procs}/{k}_{i}.png" for i in range(256)])
-            writer.finish()
-        res[f"png_encode_{max(1, procs)}_{'core' if procs == 0 else 'processes'}"] = count / (
-            time.perf_counter() - start
-        )
+    for strategy in PNG_STRATEGIES:  # rle (ours) and default (zlib's, as L-WISE)
+        encoding = Encoding.from_config({"png_strategy": strategy})
+        for procs in (0, processes):
+            folder = out / f"png_{strategy}{procs}"
+            with ImageWriter(procs, encoding) as writer:
+                count = 256 if procs == 0 else 2048
+                start = time.perf_counter()
+                for k in range(count // 256):
+                    writer.write(imgs, [folder / f"{k}_{i}.png" for i in range(256)])
+                writer.finish()
+            where = f"{max(1, procs)}_{'core' if procs == 0 else 'processes'}"
+            res[f"png_{strategy}_encode_{where}"] = count / (time.perf_counter() - start)
+        sizes = [p.stat().st_size for p in folder.glob("*.png")]
+        res[f"png_{strategy}_kib"] = sum(sizes) / len(sizes) / 1024
     return res
 
 

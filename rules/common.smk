@@ -1,3 +1,4 @@
+import dataclasses
 import hashlib
 import os
 import re
@@ -265,4 +266,4 @@ def enhance_job_settings(wildcards):
 
 def natural_settings(wildcards):
     cfg = enhance_settings(wildcards)
-    return {"format": cfg["format"], "jpeg_quality": cfg["jpeg_quality"]}
+    return {f.name: cfg[f.name] for f in dataclasses.fields(enhance_steps.Encoding)}

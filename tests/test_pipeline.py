@@ -3,6 +3,7 @@ interruption, the decode-once pixel cache, GPU-style decoding, and the float16 f
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 
@@ -28,6 +29,7 @@ from lwise.stimuli import enhance as enhance_module
 from lwise.stimuli._write import ImageWriter
 from lwise.stimuli.enhance import EnhanceConfig, enhance
 from lwise.stimuli.natural import NaturalConfig, write_natural
+from lwise.stimuli.settings import PNG_STRATEGIES, Encoding
 
 SIZE = 24
 
@@ -214,7 +216,7 @@ def test_image_writer_reuses_its_ring_slots_and_writes_what_the_caller_gave(tmp_
     rows = np.arange(len(np.load(npy)))[::-1].copy()
     for procs in (0, 2):
         out = tmp_path / f"w{procs}"
-        with ImageWriter(procs, "png", 95, depth=2) as writer:
+        with ImageWriter(procs, Encoding.from_config(), depth=2) as writer:
             for b, arrays in enumerate(batches):
                 writer.write(arrays, [out / f"b{b}_{i}.png" for i in range(len(arrays))])
             writer.write_rows(npy, rows, [out / f"r{i}.png" for i in range(len(rows))])
@@ -228,3 +230,39 @@ def test_image_writer_reuses_its_ring_slots_and_writes_what_the_caller_gave(tmp_
         for i, r in enumerate(rows):
             assert np.array_equal(np.asarray(Image.open(out / f"r{i}.png")), stacked[r])
     assert _files(tmp_path / "w0") == _files(tmp_path / "w2")
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpeg"])
+def test_files_are_encoded_as_configured_with_the_same_pixels(tmp_path, fmt):
+    """`png_strategy` reaches every PNG: the bytes are PIL's for that zlib strategy, the pixels
+    are the same under both, and rle is no larger on a photo-like image; JPEG keeps its quality."""
+    rng = np.random.default_rng(1)
+    coarse = rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)
+    smooth = np.asarray(Image.fromarray(coarse).resize((48, 48), Image.Resampling.BICUBIC))
+    noisy = np.clip(smooth + rng.normal(0, 1.3, smooth.shape), 0, 255).round().astype(np.uint8)
+    arrays = np.stack([smooth, noisy])
+    written = {}
+    for strategy in PNG_STRATEGIES:
+        encoding = Encoding.from_config({"format": fmt, "jpeg_quality": 80,
+                                         "png_strategy": strategy})  # fmt: skip
+        for procs in (0, 2):
+            paths = [tmp_path / f"{strategy}{procs}/{i}.{fmt}" for i in range(2)]
+            with ImageWriter(procs, encoding) as writer:
+                writer.write(arrays, paths)
+            written[strategy, procs] = [p.read_bytes() for p in paths]
+        expected = []
+        for a in arrays:
+            buf = io.BytesIO()
+            options = {"quality": 80} if fmt == "jpeg" else {
+                "compress_type": PNG_STRATEGIES[strategy]}  # fmt: skip
+            Image.fromarray(a).save(buf, format=fmt.upper(), **options)
+            expected.append(buf.getvalue())
+        assert written[strategy, 0] == written[strategy, 2] == expected
+    if fmt == "jpeg":  # the strategy is for PNG only
+        assert written["rle", 0] == written["default", 0]
+        return
+    assert written["rle", 0] != written["default", 0]
+    for rle, default, a in zip(written["rle", 0], written["default", 0], arrays, strict=True):
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(rle))), a)
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(default))), a)
+        assert len(rle) <= len(default) * 1.01

@@ -57,6 +57,16 @@ def test_changing_a_training_parameter_reruns_training_and_its_dependents(finish
     assert "download" not in jobs and "imagefolder" not in jobs
 
 
+@pytest.mark.slow
+def test_changing_the_png_strategy_rewrites_the_stimulus_sets_only(finished):
+    work, config = finished
+    changed = copy.deepcopy(config)
+    changed["enhance"]["png_strategy"] = "default"
+    jobs = planned_jobs(run_workflow(work, changed, "--dry-run"))
+    assert jobs["natural_stimuli"] == 1 and jobs["enhance"] == 2
+    assert "train_guide" not in jobs and "score_difficulty" not in jobs
+
+
 def test_naming_one_file_builds_only_it_and_its_inputs(tmp_path):
     config = core_config()
     run_workflow(tmp_path, config, "results/digits/dirmap.csv")

@@ -31,6 +31,7 @@ from PIL import Image
 
 from lwise.core.keys import image_keys
 from lwise.data.imaging import FORMATS
+from lwise.stimuli.settings import Encoding
 
 if TYPE_CHECKING:
     import torch
@@ -60,11 +61,10 @@ def to_uint8(batch: torch.Tensor) -> torch.Tensor:
     return (batch.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
 
 
-def _encode(arrays: np.ndarray, paths: list[str], fmt: str, jpeg_quality: int) -> int:
-    kwargs = {"quality": jpeg_quality} if fmt == "jpeg" else {}
+def _encode(arrays: np.ndarray, paths: list[str], options: dict) -> int:
     for array, path in zip(arrays, paths, strict=True):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(np.ascontiguousarray(array)).save(path, **kwargs)
+        Image.fromarray(np.ascontiguousarray(array)).save(path, **options)
     return len(paths)
 
 
@@ -81,14 +81,9 @@ def _mapped(source: tuple) -> np.ndarray:
     return _MAPPED[source]
 
 
-def _encode_rows(source: tuple, rows, paths: list[str], fmt: str, jpeg_quality: int) -> int:
+def _encode_rows(source: tuple, rows, paths: list[str], options: dict) -> int:
     """In a worker: encode `source`'s images at `rows` (a slice or an index array)."""
-    return _encode(_mapped(source)[rows], paths, fmt, jpeg_quality)
-
-
-def save_images(batch: torch.Tensor, paths: list[Path], fmt: str, jpeg_quality: int) -> None:
-    """Write each image of `batch` (B, 3, H, W in [0, 1]) as an 8-bit file, in the caller."""
-    _encode(to_uint8(batch).cpu().numpy(), [str(p) for p in paths], fmt, jpeg_quality)
+    return _encode(_mapped(source)[rows], paths, options)
 
 
 class ImageWriter:
@@ -102,19 +97,18 @@ class ImageWriter:
     inside the job's `atomic_path` block use `stopping_on_error`, so that no worker writes
     into its temporary folder after it is removed.
 
-        with ImageWriter(8, "png", 95) as writer:
+        with ImageWriter(8, Encoding.from_config()) as writer:
             writer.write(to_uint8(images).cpu().numpy(), paths)
     """
 
     def __init__(
         self,
         processes: int,
-        fmt: str,
-        jpeg_quality: int,
+        encoding: Encoding,
         depth: int = 4,
         on_written: Callable[[int], object] | None = None,
     ):
-        self.processes, self.fmt, self.jpeg_quality = processes, fmt, jpeg_quality
+        self.processes, self.options = processes, encoding.save_options()
         self.depth = depth
         self.on_written = on_written
         self.pending: deque = deque()  # (ring slot or None, AsyncResult), in submission order
@@ -136,15 +130,17 @@ class ImageWriter:
             self.on_written(n)
 
     def _submit(self, slot: int | None, source: tuple, rows, paths: list[str]) -> None:
-        args = (source, rows, paths, self.fmt, self.jpeg_quality)
+        args = (source, rows, paths, self.options)
         self.pending.append((slot, self.pool.apply_async(_encode_rows, args)))
 
     def _slot(self, arrays: np.ndarray) -> int:
         """A ring slot free for `arrays` (a new ring when a batch outgrows the slots)."""
         shape = (self.depth, *arrays.shape)
-        if self._ring is None or arrays.shape[1:] != self._ring.shape[2:] or len(
-            arrays
-        ) > self._ring.shape[1]:
+        if (
+            self._ring is None
+            or arrays.shape[1:] != self._ring.shape[2:]
+            or len(arrays) > self._ring.shape[1]
+        ):
             self.finish()  # the old ring's tasks, before it goes
             if self._ring_dir is None:
                 shm = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
@@ -163,7 +159,7 @@ class ImageWriter:
         """Queue (B, H, W, 3) uint8 images for the files `paths`."""
         paths = [str(p) for p in paths]
         if self.processes == 0:
-            n = _encode(arrays, paths, self.fmt, self.jpeg_quality)
+            n = _encode(arrays, paths, self.options)
             self.written += n
             if self.on_written is not None:
                 self.on_written(n)

@@ -29,7 +29,6 @@ import torch
 from torch import nn
 
 from lwise.core.atomic import atomic_path
-from lwise.core.config import Section
 from lwise.core.logs import progress
 from lwise.data import dirmap
 from lwise.data.loading import to_unit
@@ -39,7 +38,7 @@ from lwise.guide.augment import MultiView, views_cost
 from lwise.guide.compiling import cudnn_autotune, should_compile
 from lwise.guide.load import Guide, load_guide
 from lwise.stimuli._write import ImageWriter, stimulus_dirmap, stimulus_keys, to_uint8
-from lwise.stimuli.settings import provenance, steps_for, write_provenance
+from lwise.stimuli.settings import Encoding, provenance, steps_for, write_provenance
 
 __all__ = ["EnhanceConfig", "default_batch_size", "enhance", "quantise"]
 
@@ -51,12 +50,11 @@ GPU_BATCH, CPU_BATCH = 256, 128
 
 
 @dataclass(frozen=True)
-class EnhanceConfig(Section):
+class EnhanceConfig(Encoding):
     """One enhancement job's settings: the `enhance` config section but its list of epsilons
-    and objectives (each job has one of each) and the contact sheet's size. Meanings and
-    defaults are in the schema: `EnhanceConfig.from_config({"direction": "attack"})`."""
-
-    SECTION = "enhance"
+    and objectives (each job has one of each) and the contact sheet's size; the encoding keys
+    come from `Encoding`. Meanings and defaults are in the schema:
+    `EnhanceConfig.from_config({"direction": "attack"})`."""
 
     step_size: float
     steps: int | dict | None
@@ -65,8 +63,6 @@ class EnhanceConfig(Section):
     diverge_from: list[str] | None
     views: dict | None
     view_chunk: int
-    format: str
-    jpeg_quality: int
     batch_size: int | None
     fast_dtype: str
     compile: bool | str
@@ -154,7 +150,7 @@ def enhance(
     csv = Path(dirmap_csv)
     df = dirmap.read(csv)
     # The encoder processes are forked first, before this process touches the GPU.
-    with ImageWriter(workers, cfg.format, cfg.jpeg_quality) as writer:
+    with ImageWriter(workers, cfg) as writer:
         steps = steps_for(cfg.steps, eps)
         guide = load_guide(
             model_path, trusted=trusted, fast=None if mode is None else mode == "fast",

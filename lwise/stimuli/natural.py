@@ -8,33 +8,25 @@ guide model's input size; the natural set and every enhanced set start from it.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from lwise.core.atomic import atomic_path
-from lwise.core.config import Section
 from lwise.core.keys import image_keys
 from lwise.core.logs import progress
 from lwise.data import dirmap
 from lwise.data.pixels import PixelCache
 from lwise.stimuli._write import ImageWriter, stimulus_dirmap, stimulus_keys
+from lwise.stimuli.settings import Encoding
 
 __all__ = ["NaturalConfig", "preprocess_stimuli", "write_natural"]
 
 BATCH_SIZE = 64
 
 
-@dataclass(frozen=True)
-class NaturalConfig(Section):
-    """How every stimulus set is encoded: the `format` and `jpeg_quality` keys of the
-    `enhance` config section (defaults in its schema)."""
-
-    SECTION = "enhance"
-
-    format: str
-    jpeg_quality: int
+# The natural set has no settings but how its files are encoded, which it shares with every set.
+NaturalConfig = Encoding
 
 
 def preprocess_stimuli(
@@ -79,7 +71,7 @@ def write_natural(
     df = dirmap.read(csv)
     keys = stimulus_keys(df, csv, key_root, cfg.format)
     bar = progress(total=len(df), desc="natural", unit="img")
-    with ImageWriter(workers, cfg.format, cfg.jpeg_quality, on_written=bar.update) as writer:
+    with ImageWriter(workers, cfg, on_written=bar.update) as writer:
         with bar, atomic_path(out_dir, directory=True) as tmp, writer.stopping_on_error():
             paths = [tmp / k for k in keys]
             if pixels is not None:
