@@ -128,6 +128,27 @@ def test_interrupted_enhancement_leaves_nothing_taken_as_complete(setup, tmp_pat
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.tmp-*"))
 
 
+@pytest.mark.parametrize("failing", [2, 3])
+def test_a_failed_hand_over_to_the_encoders_fails_the_job(setup, tmp_path, monkeypatch, failing):
+    """Batches reach the encoders from a thread: its error (the middle batch: raised at the
+    next hand-over; the last: on leaving) fails the job, nothing more is handed over after it,
+    and nothing is left."""
+    folder, model, cache = setup
+    real_write, calls = ImageWriter.write, []
+
+    def write(self, arrays, paths):
+        calls.append(len(paths))
+        if len(calls) == failing:
+            raise OSError("disk full (injected)")
+        return real_write(self, arrays, paths)
+
+    monkeypatch.setattr(ImageWriter, "write", write)
+    with pytest.raises(OSError, match="injected"):
+        _enhance(folder, model, tmp_path / "out", workers=2, cache=cache)
+    assert calls == [8, 8, 4][:failing]  # 20 images in batches of 8
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.tmp-*"))
+
+
 def test_pixel_cache_holds_the_preprocessed_pixels_and_refuses_a_stale_one(setup, tmp_path):
     folder, model, cache = setup
     arr = np.load(cache[0])
