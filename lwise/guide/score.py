@@ -27,7 +27,8 @@ from lwise.data.loading import (
     EncodedImages,
     collate_encoded,
     decode_images,
-    eval_transform,
+    preprocess_transform,
+    to_unit,
 )
 from lwise.guide.load import Guide, load_guide, pool_logits, pooled_members
 from lwise.guide.models import ImageClassifier
@@ -96,10 +97,12 @@ def image_batches(
         if fallbacks:
             log.info("%d image(s) decoded on the CPU (not decodable on the GPU)", fallbacks)
         return
-    data = DirmapImages(df, root, eval_transform(size), label)
+    # 8-bit pixels through the workers, a quarter of float32's bytes, made float on the device:
+    # the values of `eval_transform` (see `preprocess_transform`).
+    data = DirmapImages(df, root, preprocess_transform(size), label)
     loader = DataLoader(data, batch_size=batch, num_workers=workers, pin_memory=cuda)
-    for x, _, rows in loader:
-        yield x.to(guide.device, non_blocking=True), rows
+    for u8, _, rows in loader:
+        yield to_unit(u8.to(guide.device, non_blocking=True)), rows
 
 
 def model_outputs(
