@@ -25,7 +25,7 @@ import pandas as pd
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["PREPROCESSING", "PixelCache", "build", "pixel_batches", "prefetch"]
+__all__ = ["PREPROCESSING", "PixelCache", "build", "decoded_batches", "pixel_batches", "prefetch"]
 
 log = logging.getLogger(__name__)
 
@@ -45,13 +45,10 @@ def build(
     workers: int,
 ) -> pd.DataFrame:
     """Decode and preprocess every image of `dirmap_csv` once; returns the index (key, row)."""
-    from torch.utils.data import DataLoader
-
     from lwise.core.atomic import atomic_path, write_csv
     from lwise.core.keys import image_keys
     from lwise.core.logs import progress
     from lwise.data import dirmap
-    from lwise.data.loading import DirmapImages, preprocess_transform
 
     csv = Path(dirmap_csv)
     df = dirmap.read(csv)
@@ -60,8 +57,7 @@ def build(
     if index["key"].duplicated().any():
         dup = index.loc[index["key"].duplicated(), "key"].iloc[0]
         raise ValueError(f"{csv}: image {dup!r} is listed more than once")
-    data = DirmapImages(df, csv.parent, preprocess_transform(size), "class_num")
-    loader = DataLoader(data, batch_size=BATCH, num_workers=workers)
+    batches = decoded_batches(df, csv.parent, size, BATCH, workers)
     with atomic_path(out_npy) as tmp:
         with open(tmp, "wb") as f:  # open_memmap needs a name ending in .npy; write the header
             np.lib.format.write_array_header_1_0(
@@ -70,8 +66,8 @@ def build(
             offset = f.tell()
         pixels = np.memmap(tmp, dtype=np.uint8, mode="r+", offset=offset,
                            shape=(len(df), size, size, 3))  # fmt: skip
-        for x, _, idx in progress(loader, desc="decoding"):
-            pixels[idx.numpy()] = x.permute(0, 2, 3, 1).numpy()
+        for pos, u8 in progress(batches, desc="decoding", total=-(-len(df) // BATCH)):
+            pixels[pos] = u8.permute(0, 2, 3, 1).numpy()
         pixels.flush()
         del pixels
         write_csv(index, out_index)
@@ -155,21 +151,31 @@ def prefetch(batches: Iterable, depth: int = PREFETCH) -> Iterator:
                 thread.join(0.01)
 
 
+def decoded_batches(
+    df: pd.DataFrame, root, size: int, batch: int, workers: int, pin: bool = False
+) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+    """(dirmap row positions, uint8 images (B, 3, size, size)) per batch, the files under
+    `root` decoded in `workers` DataLoader processes and preprocessed as the cache holds them
+    (8-bit through the workers: a quarter of float32's bytes)."""
+    from torch.utils.data import DataLoader
+
+    from lwise.data.loading import DirmapImages, preprocess_transform
+
+    data = DirmapImages(df, root, preprocess_transform(size))
+    loader = DataLoader(data, batch_size=batch, num_workers=workers, pin_memory=pin)
+    for u8, _, pos in loader:
+        yield pos.numpy(), u8
+
+
 def pixel_batches(
     df: pd.DataFrame, csv: Path, key_root, pixels, size: int, batch: int, workers: int, pin: bool
 ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
     """(dirmap row positions, uint8 images (B, 3, size, size)) per batch: from the pixel
     cache `pixels` = (npy, index), or decoded from the files by DataLoader workers."""
-    from torch.utils.data import DataLoader
-
     from lwise.core.keys import image_keys
-    from lwise.data.loading import DirmapImages, preprocess_transform
 
     if pixels is None:
-        data = DirmapImages(df, csv.parent, preprocess_transform(size), "class_num")
-        loader = DataLoader(data, batch_size=batch, num_workers=workers, pin_memory=pin)
-        for u8, _, pos in loader:
-            yield pos.numpy(), u8
+        yield from decoded_batches(df, csv.parent, size, batch, workers, pin)
         return
     from torch import from_numpy as torch_from_numpy
 

@@ -23,13 +23,12 @@ from lwise.core.config import Section
 from lwise.core.logs import progress
 from lwise.data import dirmap
 from lwise.data.loading import (
-    DirmapImages,
     EncodedImages,
     collate_encoded,
     decode_images,
-    preprocess_transform,
     to_unit,
 )
+from lwise.data.pixels import decoded_batches
 from lwise.guide.load import Guide, load_guide, pool_logits, pooled_members
 from lwise.guide.models import ImageClassifier
 
@@ -97,12 +96,9 @@ def image_batches(
         if fallbacks:
             log.info("%d image(s) decoded on the CPU (not decodable on the GPU)", fallbacks)
         return
-    # 8-bit pixels through the workers, a quarter of float32's bytes, made float on the device:
-    # the values of `eval_transform` (see `preprocess_transform`).
-    data = DirmapImages(df, root, preprocess_transform(size), label)
-    loader = DataLoader(data, batch_size=batch, num_workers=workers, pin_memory=cuda)
-    for u8, _, rows in loader:
-        yield to_unit(u8.to(guide.device, non_blocking=True)), rows
+    # Made float on the device: the values of `eval_transform` (see `preprocess_transform`).
+    for pos, u8 in decoded_batches(df, root, size, batch, workers, cuda):
+        yield to_unit(u8.to(guide.device, non_blocking=True)), torch.from_numpy(pos)
 
 
 def model_outputs(

@@ -80,18 +80,18 @@ def write_natural(
                 rows = cache.rows(image_keys(df["im_path"], csv, key_root), size=None)
                 writer.write_rows(cache.path, rows, paths)
             else:
-                _write_decoded(writer, df, csv, key_root, model_path, workers, trusted, paths)
+                _write_decoded(writer, df, csv, model_path, workers, trusted, paths)
             writer.finish()  # every file written before the rename
             out = stimulus_dirmap(df, keys)
             dirmap.write(out, tmp / "dirmap.csv")
     return out
 
 
-def _write_decoded(writer, df, csv, key_root, model_path, workers, trusted, paths) -> None:
+def _write_decoded(writer, df, csv, model_path, workers, trusted, paths) -> None:
     """Without a pixel cache: decode the files at the guide model's input size."""
-    from lwise.data.pixels import pixel_batches
+    from lwise.data.pixels import decoded_batches
     from lwise.guide.load import load_guide
 
     size = load_guide(model_path, trusted=trusted, device="cpu").input_size
-    for pos, u8 in pixel_batches(df, csv, key_root, None, size, BATCH_SIZE, workers, False):
+    for pos, u8 in decoded_batches(df, csv.parent, size, BATCH_SIZE, workers):
         writer.write(u8.permute(0, 2, 3, 1).numpy(), [paths[i] for i in pos])
