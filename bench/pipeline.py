@@ -16,7 +16,6 @@ limits: JPEG decoding on one core, on all cores and on the GPU; PNG encoding lik
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import multiprocessing
 import os
@@ -140,9 +139,10 @@ def compare_decoding(guide, csv: Path, n: int) -> dict:
     from lwise.guide.score import image_batches, model_outputs
 
     df = dirmap.read(csv).iloc[:n].reset_index(drop=True)
-    guide = dataclasses.replace(guide, label_column="class_num")
+    where = {"size": guide.input_size, "device": guide.device, "batch": 256, "workers": 8,
+             "label": "class_num"}  # fmt: skip
     logits = {
-        decode: model_outputs(guide, image_batches(guide, df, csv.parent, 256, 8, decode))
+        decode: model_outputs(guide, image_batches(df, csv.parent, decode=decode, **where))
         for decode in ("auto", "cpu")
     }
     diff = (logits["auto"] - logits["cpu"]).abs()

@@ -91,6 +91,45 @@ def test_every_layout_loads_with_the_config_settings(tmp_path, model, images, la
         assert torch.allclose(guide.net(images), model(images), atol=1e-6)
 
 
+@pytest.mark.parametrize("stored", ["float32", "float16", "channels_last"])
+def test_a_network_takes_the_files_weights_as_float32_contiguous_tensors(
+    tmp_path, model, images, stored, monkeypatch
+):
+    """The network is built empty and takes the file's tensors as they are; a file of another
+    dtype or layout is copied into an initialised network instead, as before."""
+    import copy
+
+    import lwise.guide.checkpoints as checkpoints
+
+    saved = copy.deepcopy(model)
+    if stored == "float16":
+        saved.net.half()
+    elif stored == "channels_last":
+        saved.to(memory_format=torch.channels_last)
+    save_checkpoint(tmp_path / "m.pt", saved, training_args={"image_size": 32})
+    builds, real_build = [], checkpoints.build_model
+
+    def build(*args, **kwargs):
+        builds.append(kwargs.get("empty", False))
+        return real_build(*args, **kwargs)
+
+    monkeypatch.setattr(checkpoints, "build_model", build)
+    loaded = load_model(tmp_path / "m.pt")
+    # the head's probe and the network, both empty; an initialised one only when needed
+    assert builds == [True, True] + ([False] if stored != "float32" else [])
+    tensors = [*loaded.net.parameters(), *loaded.net.buffers()]
+    assert all(not t.is_meta and t.is_contiguous() for t in tensors)
+    assert all(t.dtype == torch.float32 for t in tensors if t.is_floating_point())
+    assert all(p.requires_grad for p in loaded.parameters())
+    for (name, a), b in zip(
+        loaded.net.state_dict().items(), saved.net.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b.float()), name
+    if stored != "float16":
+        with torch.no_grad():
+            assert torch.equal(loaded(images), model(images))
+
+
 def test_robustness_file_without_trust_is_refused_saying_why_and_how(tmp_path, model):
     path = write_layout("robustness", model, tmp_path / "checkpoint.pt.best")
     with pytest.raises(CheckpointError) as err:

@@ -193,6 +193,26 @@ def test_device_decoding_gives_the_cpu_paths_logits(tmp_path):
         decode_images(broken, SIZE, torch.device("cpu"))
 
 
+def test_scoring_starts_decoding_at_the_call_before_a_batch_is_asked_for(tmp_path):
+    """`image_batches` forks its loader's workers at once, so that a scoring job decodes while
+    it moves the model to the device; the batches then come in dirmap order."""
+    import multiprocessing
+
+    from lwise.guide.score import image_batches
+
+    folder = _folder(tmp_path / "imagefolder", n=5)
+    df = dirmap.read(folder / "dirmap.csv")
+    before = set(multiprocessing.active_children())
+    batches = image_batches(df, folder, size=SIZE, device=torch.device("cpu"), batch=2,
+                            workers=1, decode="cpu", label="class_num")  # fmt: skip
+    assert set(multiprocessing.active_children()) - before  # the worker runs already
+    got = list(batches)
+    assert [len(rows) for _, rows in got] == [2, 2, 1]
+    assert torch.cat([rows for _, rows in got]).tolist() == list(range(5))
+    ref = DirmapImages(df, folder, eval_transform(SIZE))
+    assert torch.equal(got[1][0][1], ref[3][0])  # the values of eval_transform
+
+
 def _score(folder, model, out, **kw):
     return score(
         folder / "dirmap.csv", model, out / "d.csv", out / "a.csv", out / "c.png",

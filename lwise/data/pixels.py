@@ -156,15 +156,15 @@ def decoded_batches(
 ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
     """(dirmap row positions, uint8 images (B, 3, size, size)) per batch, the files under
     `root` decoded in `workers` DataLoader processes and preprocessed as the cache holds them
-    (8-bit through the workers: a quarter of float32's bytes)."""
+    (8-bit through the workers: a quarter of float32's bytes). The workers start decoding at
+    the call, before the first batch is asked for."""
     from torch.utils.data import DataLoader
 
     from lwise.data.loading import DirmapImages, preprocess_transform
 
     data = DirmapImages(df, root, preprocess_transform(size))
-    loader = DataLoader(data, batch_size=batch, num_workers=workers, pin_memory=pin)
-    for u8, _, pos in loader:
-        yield pos.numpy(), u8
+    batches = iter(DataLoader(data, batch_size=batch, num_workers=workers, pin_memory=pin))
+    return ((pos.numpy(), u8) for u8, _, pos in batches)
 
 
 def pixel_batches(

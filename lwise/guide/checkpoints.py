@@ -234,9 +234,33 @@ def read_record(
 
 def _head_outputs(arch: str, net_state: Mapping[str, torch.Tensor]) -> int | None:
     """The number of classes of the checkpoint's head, read from its weight's shape."""
-    probe = build_model(arch, 1, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # for the head's name only
+    probe = build_model(arch, 1, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), empty=True)  # names only
     weight = net_state.get(f"{head_name(probe.net)}.weight")
     return None if weight is None else int(weight.shape[0])
+
+
+def _filled(
+    arch: str, num_classes: int, mean, std, names, state: Mapping[str, torch.Tensor], path
+) -> ImageClassifier:
+    """The model with the checkpoint's weights. The network is built empty and takes the
+    file's tensors as they are when all are contiguous float32 (or integer) tensors; otherwise
+    (a buffer the file does not hold, another dtype or layout) it is built and initialised as
+    usual, and the weights copied in."""
+    for empty in (True, False):
+        model = build_model(arch, num_classes, mean, std, class_names=names, empty=empty)
+        try:
+            model.net.load_state_dict(state, assign=empty)
+        except RuntimeError as err:
+            raise CheckpointError(f"{path} does not fit arch {arch!r}: {err}") from err
+        tensors = [*model.net.parameters(), *model.net.buffers()]
+        if not empty or all(
+            not t.is_meta
+            and t.is_contiguous()
+            and (t.dtype == torch.float32 or not t.is_floating_point())
+            for t in tensors
+        ):
+            return model
+    raise AssertionError("unreachable")
 
 
 def _agree(name: str, recorded: Any, given: Any, path, key: str) -> Any:
@@ -306,11 +330,7 @@ def load_model(
             "the config; ImageNet models: [0.485, 0.456, 0.406] and [0.229, 0.224, 0.225])"
         )
     names = class_names if class_names is not None else rec.class_names
-    model = build_model(arch, num_classes, mean, std, class_names=names)
-    try:
-        model.net.load_state_dict(rec.net_state)
-    except RuntimeError as err:
-        raise CheckpointError(f"{path} does not fit arch {arch!r}: {err}") from err
+    model = _filled(arch, num_classes, mean, std, names, rec.net_state, path)
     model.training_args = dict(rec.training_args)
     if size is not None:
         model.training_args["image_size"] = int(size)

@@ -40,6 +40,7 @@ __all__ = [
     "model_input_size",
     "pool_logits",
     "pooled_members",
+    "ready_guide",
 ]
 
 # The input size when a checkpoint does not record one: L-WISE's (224×224 crops).
@@ -105,22 +106,44 @@ def load_guide(
     """The guide model at `path`, ready for inference.
 
     - `trusted`: allow full unpickling (dill-pickled robustness checkpoints run code on load).
+    - `arch`, `num_classes`, `mean`, `std`, `image_size`: what the file lacks
+      (`lwise.guide.checkpoints.load_model`: the file's record wins, a contradiction is an
+      error).
+    - the rest as `ready_guide`, which this calls on the file's model.
+    """
+    model = load_model(
+        path, trusted=trusted, arch=arch, num_classes=num_classes, mean=mean, std=std,
+        image_size=image_size,
+    )  # fmt: skip
+    return ready_guide(
+        model, device=device, fast=fast, fast_dtype=fast_dtype, dirmap=dirmap,
+        label_column=label_column, compile=compile,
+    )  # fmt: skip
+
+
+def ready_guide(
+    model: ImageClassifier,
+    *,
+    device: str | torch.device | None = None,
+    fast: bool | None = False,
+    fast_dtype: str | None = None,
+    dirmap: pd.DataFrame | None = None,
+    label_column: str | None = None,
+    compile: bool | None = None,
+) -> Guide:
+    """A loaded model (`lwise.guide.checkpoints.load_model`) as a `Guide`: on its device in eval
+    mode, with its fast copy. A job that reads images starts its loader between the two steps,
+    so that decoding overlaps moving the model and making the fast copy.
+
     - `device`: default the GPU when there is one, else the CPU.
     - `fast`: prepare the fast copy; None means "on a GPU" (fast mode costs more than it saves
       on the CPU). `fast_dtype` ("float16" or "bfloat16") is then required.
     - `dirmap`, `label_column`: with a dirmap, `Guide.label_column` is `label_column` (checked
       against its columns) or, when that is None or "auto", the column that fits the model's
       classes (`label_column_for`).
-    - `arch`, `num_classes`, `mean`, `std`, `image_size`: what the file lacks
-      (`lwise.guide.checkpoints.load_model`: the file's record wins, a contradiction is an
-      error).
     - `compile`: torch.compile the fast copy (`lwise.guide.fast.prepare_fast`; None: on a GPU).
     """
     device = torch.device(device) if device is not None else default_device()
-    model = load_model(
-        path, trusted=trusted, arch=arch, num_classes=num_classes, mean=mean, std=std,
-        image_size=image_size,
-    )  # fmt: skip
     model = model.to(device).eval()
     fast = device.type == "cuda" if fast is None else fast
     if fast_dtype is not None and fast_dtype not in FAST_DTYPES:

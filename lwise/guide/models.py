@@ -10,6 +10,7 @@ rewrites of a built model are in `lwise.guide.fast`.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 
 import torch
@@ -139,8 +140,12 @@ def build_model(
     std: Sequence[float],
     pretrained: bool = False,
     class_names: Sequence[str] | None = None,
+    empty: bool = False,
 ) -> ImageClassifier:
-    """A randomly initialised `ImageClassifier` (weights come from `lwise.guide.checkpoints`)."""
+    """A randomly initialised `ImageClassifier` (weights come from `lwise.guide.checkpoints`).
+    `empty`: the network's tensors on the meta device, not initialised (ResNet-50's random
+    initialisation costs a job about 0.2 s), for a caller that assigns every one of them
+    (`load_state_dict(..., assign=True)`) or reads only the structure."""
     if pretrained:
         raise ValueError(
             "pretrained weights are never downloaded; give the checkpoint's path instead "
@@ -148,7 +153,8 @@ def build_model(
         )
     if class_names is not None and len(class_names) != num_classes:
         raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
-    net = _create_net(arch, num_classes)
+    with torch.device("meta") if empty else contextlib.nullcontext():
+        net = _create_net(arch, num_classes)
     return ImageClassifier(
         net, Normalize(mean, std), arch=arch, num_classes=num_classes, class_names=class_names
     )

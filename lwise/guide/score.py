@@ -29,7 +29,16 @@ from lwise.data.loading import (
     to_unit,
 )
 from lwise.data.pixels import decoded_batches
-from lwise.guide.load import Guide, load_guide, pool_logits, pooled_members
+from lwise.guide.checkpoints import load_model
+from lwise.guide.load import (
+    Guide,
+    default_device,
+    label_column_for,
+    model_input_size,
+    pool_logits,
+    pooled_members,
+    ready_guide,
+)
 from lwise.guide.models import ImageClassifier
 
 __all__ = [
@@ -74,31 +83,46 @@ def min_max_difficulty(logit: pd.Series, groups: pd.Series | None = None) -> pd.
 
 
 def image_batches(
-    guide: Guide, df: pd.DataFrame, root: Path, batch: int, workers: int, decode: str
+    df: pd.DataFrame,
+    root: Path,
+    *,
+    size: int,
+    device: torch.device,
+    batch: int,
+    workers: int,
+    decode: str,
+    label: str,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(images on the guide's device, dirmap row positions) per batch, in order.
+    """(images in [0, 1] on `device`, dirmap row positions) per batch, in order. The loader's
+    workers start at the call, so a job calls this before it moves its model to the device.
 
     With `decode` "auto" on a GPU, JPEGs are decoded there (`lwise.data.loading.decode_images`:
     nvjpeg, with the CPU path for other formats and as fallback), the DataLoader workers only
     reading files; otherwise the workers decode on the CPU (PIL).
     """
-    label, size, cuda = guide.label_column, guide.input_size, guide.device.type == "cuda"
-    if decode == "auto" and cuda:
+    if decode == "auto" and device.type == "cuda":
         data = EncodedImages(df, root, size, label)
         loader = DataLoader(
             data, batch_size=batch, num_workers=workers, collate_fn=collate_encoded
         )  # fmt: skip
-        fallbacks = 0
-        for encoded, _, rows in loader:
-            x, fell_back = decode_images(encoded, size, guide.device)
-            fallbacks += fell_back
-            yield x, torch.from_numpy(rows)
-        if fallbacks:
-            log.info("%d image(s) decoded on the CPU (not decodable on the GPU)", fallbacks)
-        return
+        return _decoded_on(device, size, iter(loader))
     # Made float on the device: the values of `eval_transform` (see `preprocess_transform`).
-    for pos, u8 in decoded_batches(df, root, size, batch, workers, cuda):
-        yield to_unit(u8.to(guide.device, non_blocking=True)), torch.from_numpy(pos)
+    return (
+        (to_unit(u8.to(device, non_blocking=True)), torch.from_numpy(pos))
+        for pos, u8 in decoded_batches(df, root, size, batch, workers, device.type == "cuda")
+    )
+
+
+def _decoded_on(
+    device: torch.device, size: int, loader: Iterator
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    fallbacks = 0
+    for encoded, _, rows in loader:
+        x, fell_back = decode_images(encoded, size, device)
+        fallbacks += fell_back
+        yield x, torch.from_numpy(rows)
+    if fallbacks:
+        log.info("%d image(s) decoded on the CPU (not decodable on the GPU)", fallbacks)
 
 
 def model_outputs(
@@ -164,15 +188,18 @@ def score(
             f"difficulty_scope {cfg.difficulty_scope!r}: expected 'dataset' or 'class'"
         )
     df = dirmap.read(dirmap_csv)
+    model = load_model(model_path, trusted=trusted)
+    label = label_column_for(df, model.num_classes, cfg.label_column or "auto")
+    device = default_device()
+    batches = image_batches(
+        df, Path(dirmap_csv).parent, size=model_input_size(model), device=device,
+        batch=cfg.batch_size, workers=workers, decode=cfg.decode, label=label,
+    )  # fmt: skip
     # Eager, not compiled: on an H200 eager ResNet-50 scores 26,700 images/s (compiled 33,800),
     # above what decoding feeds it, and compiling or loading compiled code costs 10-30 s a job.
-    guide = load_guide(
-        model_path, trusted=trusted, fast=None if mode is None else mode == "fast",
-        fast_dtype=cfg.fast_dtype, dirmap=df, label_column=cfg.label_column, compile=False,
-    )  # fmt: skip
-    label = guide.label_column
-    batches = image_batches(
-        guide, df, Path(dirmap_csv).parent, cfg.batch_size, workers, cfg.decode
+    guide = ready_guide(
+        model, device=device, fast=None if mode is None else mode == "fast",
+        fast_dtype=cfg.fast_dtype, dirmap=df, label_column=label, compile=False,
     )  # fmt: skip
     logits = model_outputs(guide, batches, total=-(-len(df) // cfg.batch_size))
     y = torch.as_tensor(df[label].astype(int).to_numpy().copy())
