@@ -90,3 +90,43 @@ def test_a_rerun_removes_temporary_outputs_left_by_a_killed_attempt(tmp_path):
     with atomic_path(final, directory=True) as tmp:
         (tmp / "dirmap.csv").write_text("ok")
     assert sorted(p.name for p in final.parent.iterdir()) == [".logit_eps20.tmp-keep", "logit_eps2"]
+
+
+GPU_SCRIPT = """
+import atexit, logging, sys, types
+from pathlib import Path
+from lwise.core.jobs import gpu_job
+out = Path(sys.argv[1])
+atexit.register(lambda: (out / "atexit").write_text("ran"))
+snakemake = types.SimpleNamespace(log=[str(out / "job.log")], resources={"gpu": 0})
+with gpu_job(snakemake) as ids:
+    logging.getLogger("lwise.test").info("working on %s", ids)
+    print("printed", end="")  # still in the stdout buffer when the block ends
+    if sys.argv[2] == "fail":
+        raise ValueError("bad input (injected)")
+(out / "after").write_text("ran")
+"""
+
+
+@pytest.mark.parametrize("outcome", ["ok", "fail"])
+def test_a_gpu_rules_script_ends_when_its_block_succeeds_and_fails_as_usual(tmp_path, outcome):
+    """`gpu_job` ends the process after a successful block (skipping the interpreter's slow
+    teardown), with the atexit handlers run and the streams flushed; a failure is logged with
+    its traceback and exits non-zero."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    run = subprocess.run([sys.executable, "-c", GPU_SCRIPT, str(tmp_path), outcome], env=env,
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    log = (tmp_path / "job.log").read_text()
+    assert "working on []" in log
+    assert (tmp_path / "atexit").read_text() == "ran"
+    assert run.stdout == "printed"
+    if outcome == "ok":
+        assert run.returncode == 0 and not (tmp_path / "after").exists()  # ended in the block
+    else:
+        assert run.returncode == 1 and "bad input (injected)" in log and "Traceback" in log

@@ -1,10 +1,9 @@
 from pathlib import Path
 
 from lwise.alignment.correspondence.classify import evaluate
-from lwise.core.gpuslots import acquire_gpus, gpus_requested
-from lwise.core.logs import script_logging
+from lwise.core.jobs import gpu_job
 
-with script_logging(snakemake.log[0]), acquire_gpus(gpus_requested(snakemake.resources)):
+with gpu_job(snakemake):
     evaluate(
         Path(snakemake.input.images) / "dirmap.csv",
         snakemake.input.model,

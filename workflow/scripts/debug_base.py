@@ -1,9 +1,8 @@
-from lwise.core.gpuslots import acquire_gpus, gpus_requested
-from lwise.core.logs import script_logging
+from lwise.core.jobs import gpu_job
 from lwise.debugging.retrain import train_base
 from lwise.debugging.settings import DebuggingConfig
 
-with script_logging(snakemake.log[0]), acquire_gpus(gpus_requested(snakemake.resources)) as gpus:
+with gpu_job(snakemake) as gpus:
     train_base(
         snakemake.input[0],
         snakemake.output.model,

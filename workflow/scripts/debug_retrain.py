@@ -1,9 +1,8 @@
-from lwise.core.gpuslots import acquire_gpus, gpus_requested
-from lwise.core.logs import script_logging
+from lwise.core.jobs import gpu_job
 from lwise.debugging.retrain import run
 from lwise.debugging.settings import DebuggingConfig
 
-with script_logging(snakemake.log[0]), acquire_gpus(gpus_requested(snakemake.resources)):
+with gpu_job(snakemake):
     run(
         base_csv=snakemake.input.base,
         pool_csv=snakemake.input.pool,

@@ -1,8 +1,7 @@
-from lwise.core.gpuslots import acquire_gpus, gpus_requested
-from lwise.core.logs import script_logging
+from lwise.core.jobs import gpu_job
 from lwise.stimuli.enhance import EnhanceConfig, enhance
 
-with script_logging(snakemake.log[0]), acquire_gpus(gpus_requested(snakemake.resources)):
+with gpu_job(snakemake):
     enhance(
         snakemake.input.dirmap,
         snakemake.input.model,

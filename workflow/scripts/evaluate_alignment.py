@@ -1,11 +1,10 @@
 from pathlib import Path
 
 from lwise.alignment.evaluate import EvaluationConfig, evaluate_alignment
-from lwise.core.gpuslots import acquire_gpus, gpus_requested
+from lwise.core.jobs import gpu_job
 from lwise.core.keys import NATURAL
-from lwise.core.logs import script_logging
 
-with script_logging(snakemake.log[0]), acquire_gpus(gpus_requested(snakemake.resources)):
+with gpu_job(snakemake):
     sets = {name: Path(snakemake.input[name]) / "dirmap.csv" for name in snakemake.params.sets}
     evaluate_alignment(
         sets[NATURAL],

@@ -1,8 +1,7 @@
-from lwise.core.gpuslots import acquire_gpus, gpus_requested
-from lwise.core.logs import script_logging
+from lwise.core.jobs import gpu_job
 from lwise.report.stimuli import SummaryConfig, stimulus_summary
 
-with script_logging(snakemake.log[0]), acquire_gpus(gpus_requested(snakemake.resources)):
+with gpu_job(snakemake):
     stimulus_summary(
         {name: snakemake.input[name] for name in snakemake.params.sets},
         snakemake.input.model,

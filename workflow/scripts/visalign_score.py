@@ -2,10 +2,9 @@ from pathlib import Path
 
 from lwise.alignment.visalign.scoring import score_model
 from lwise.alignment.visalign.settings import VisAlignConfig
-from lwise.core.gpuslots import acquire_gpus, gpus_requested
-from lwise.core.logs import script_logging
+from lwise.core.jobs import gpu_job
 
-with script_logging(snakemake.log[0]), acquire_gpus(gpus_requested(snakemake.resources)):
+with gpu_job(snakemake):
     cfg = VisAlignConfig.from_config(snakemake.params.visalign)
     score_model(
         snakemake.input.model,
