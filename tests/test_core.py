@@ -95,11 +95,11 @@ def test_a_rerun_removes_temporary_outputs_left_by_a_killed_attempt(tmp_path):
 GPU_SCRIPT = """
 import atexit, logging, sys, types
 from pathlib import Path
-from lwise.core.jobs import gpu_job
+from lwise.core.jobs import rule_job
 out = Path(sys.argv[1])
 atexit.register(lambda: (out / "atexit").write_text("ran"))
 snakemake = types.SimpleNamespace(log=[str(out / "job.log")], resources={"gpu": 0})
-with gpu_job(snakemake) as ids:
+with rule_job(snakemake, gpus=True) as ids:
     logging.getLogger("lwise.test").info("working on %s", ids)
     print("printed", end="")  # still in the stdout buffer when the block ends
     if sys.argv[2] == "fail":
@@ -110,7 +110,7 @@ with gpu_job(snakemake) as ids:
 
 @pytest.mark.parametrize("outcome", ["ok", "fail"])
 def test_a_gpu_rules_script_ends_when_its_block_succeeds_and_fails_as_usual(tmp_path, outcome):
-    """`gpu_job` ends the process after a successful block (skipping the interpreter's slow
+    """`rule_job` ends the process after a successful block (skipping the interpreter's slow
     teardown), with the atexit handlers run and the streams flushed; a failure is logged with
     its traceback and exits non-zero."""
     import os

@@ -1,7 +1,7 @@
-from lwise.core.logs import script_logging
+from lwise.core.jobs import rule_job
 from lwise.experiments.analysis import analyse
 
-with script_logging(snakemake.log[0]):
+with rule_job(snakemake):
     analyse(
         snakemake.input.responses,
         snakemake.output[0],

@@ -1,9 +1,9 @@
 from pathlib import Path
 
 from lwise.alignment.attention.evaluate import evaluate
-from lwise.core.jobs import gpu_job
+from lwise.core.jobs import rule_job
 
-with gpu_job(snakemake):
+with rule_job(snakemake, gpus=True):
     evaluate(
         Path(snakemake.input.images) / "dirmap.csv",
         snakemake.input.phase1,

@@ -1,5 +1,5 @@
 from lwise.alignment.attention.evaluate import reasonability_matrix
-from lwise.core.logs import script_logging
+from lwise.core.jobs import rule_job
 
-with script_logging(snakemake.log[0]):
+with rule_job(snakemake):
     reasonability_matrix(snakemake.input.iou, snakemake.input.assessment, snakemake.output[0])

@@ -1,9 +1,9 @@
 from pathlib import Path
 
 from lwise.alignment.attention.masks import write_synthetic_masks
-from lwise.core.logs import script_logging
+from lwise.core.jobs import rule_job
 
-with script_logging(snakemake.log[0]):
+with rule_job(snakemake):
     write_synthetic_masks(
         Path(snakemake.input[0]) / "dirmap.csv",
         snakemake.output[0],

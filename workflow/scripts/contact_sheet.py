@@ -1,9 +1,9 @@
 from pathlib import Path
 
-from lwise.core.logs import script_logging
+from lwise.core.jobs import rule_job
 from lwise.stimuli.contact_sheet import ContactSheetConfig, contact_sheet
 
-with script_logging(snakemake.log[0]):
+with rule_job(snakemake):
     contact_sheet(
         {Path(p).name: p for p in snakemake.input},
         snakemake.output[0],

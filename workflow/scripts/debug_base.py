@@ -1,8 +1,8 @@
-from lwise.core.jobs import gpu_job
+from lwise.core.jobs import rule_job
 from lwise.debugging.retrain import train_base
 from lwise.debugging.settings import DebuggingConfig
 
-with gpu_job(snakemake) as gpus:
+with rule_job(snakemake, gpus=True) as gpus:
     train_base(
         snakemake.input[0],
         snakemake.output.model,

@@ -1,7 +1,7 @@
-from lwise.core.logs import script_logging
+from lwise.core.jobs import rule_job
 from lwise.debugging.compare import run
 
-with script_logging(snakemake.log[0]):
+with rule_job(snakemake):
     run(
         list(snakemake.input.metrics),
         snakemake.input.scored,

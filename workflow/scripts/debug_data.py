@@ -1,10 +1,10 @@
 from pathlib import Path
 
-from lwise.core.logs import script_logging
+from lwise.core.jobs import rule_job
 from lwise.debugging.data import prepare
 from lwise.debugging.settings import DebuggingConfig
 
-with script_logging(snakemake.log[0]):
+with rule_job(snakemake):
     prepare(
         Path(snakemake.input.images) / "dirmap.csv",
         snakemake.output.base,

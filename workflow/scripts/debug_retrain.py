@@ -1,8 +1,8 @@
-from lwise.core.jobs import gpu_job
+from lwise.core.jobs import rule_job
 from lwise.debugging.retrain import run
 from lwise.debugging.settings import DebuggingConfig
 
-with gpu_job(snakemake):
+with rule_job(snakemake, gpus=True):
     run(
         base_csv=snakemake.input.base,
         pool_csv=snakemake.input.pool,

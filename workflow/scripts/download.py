@@ -1,7 +1,7 @@
-from lwise.core.logs import script_logging
+from lwise.core.jobs import rule_job
 from lwise.data.download import DownloadConfig, download_dataset
 
-with script_logging(snakemake.log[0]):
+with rule_job(snakemake):
     download_dataset(
         snakemake.params.sources,
         snakemake.output[0],

@@ -1,7 +1,7 @@
-from lwise.core.jobs import gpu_job
+from lwise.core.jobs import rule_job
 from lwise.stimuli.enhance import EnhanceConfig, enhance
 
-with gpu_job(snakemake):
+with rule_job(snakemake, gpus=True):
     enhance(
         snakemake.input.dirmap,
         snakemake.input.model,

@@ -1,10 +1,10 @@
 from pathlib import Path
 
 from lwise.alignment.evaluate import EvaluationConfig, evaluate_alignment
-from lwise.core.jobs import gpu_job
+from lwise.core.jobs import rule_job
 from lwise.core.keys import NATURAL
 
-with gpu_job(snakemake):
+with rule_job(snakemake, gpus=True):
     sets = {name: Path(snakemake.input[name]) / "dirmap.csv" for name in snakemake.params.sets}
     evaluate_alignment(
         sets[NATURAL],

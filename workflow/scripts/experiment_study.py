@@ -1,7 +1,7 @@
-from lwise.core.logs import script_logging
+from lwise.core.jobs import rule_job
 from lwise.experiments.study import build_study
 
-with script_logging(snakemake.log[0]):
+with rule_job(snakemake):
     build_study(
         snakemake.input.difficulty,
         snakemake.params.imagefolder,

@@ -1,7 +1,7 @@
-from lwise.core.logs import script_logging
+from lwise.core.jobs import rule_job
 from lwise.guide.export import export_checkpoint
 
-with script_logging(snakemake.log[0]):
+with rule_job(snakemake):
     export_checkpoint(
         snakemake.input[0], snakemake.output.weights, trusted=snakemake.params.trusted
     )

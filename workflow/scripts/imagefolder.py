@@ -1,7 +1,7 @@
-from lwise.core.logs import script_logging
+from lwise.core.jobs import rule_job
 from lwise.data.imagefolder import BuildOptions, build, dataset_roots
 
-with script_logging(snakemake.log[0]):
+with rule_job(snakemake):
     build(
         snakemake.input.dirmap,
         snakemake.output[0],

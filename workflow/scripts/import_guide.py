@@ -1,8 +1,8 @@
-from lwise.core.logs import script_logging
+from lwise.core.jobs import rule_job
 from lwise.guide.checkpoints import GuideFileConfig
 from lwise.guide.export import import_checkpoint
 
-with script_logging(snakemake.log[0]):
+with rule_job(snakemake):
     import_checkpoint(
         snakemake.input[0],
         snakemake.output[0],

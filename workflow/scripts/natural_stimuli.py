@@ -1,7 +1,7 @@
-from lwise.core.logs import script_logging
+from lwise.core.jobs import rule_job
 from lwise.stimuli.natural import NaturalConfig, write_natural
 
-with script_logging(snakemake.log[0]):
+with rule_job(snakemake):
     write_natural(
         snakemake.input.dirmap,
         snakemake.input.model,

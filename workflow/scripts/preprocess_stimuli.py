@@ -1,9 +1,9 @@
 from pathlib import Path
 
-from lwise.core.logs import script_logging
+from lwise.core.jobs import rule_job
 from lwise.stimuli.natural import preprocess_stimuli
 
-with script_logging(snakemake.log[0]):
+with rule_job(snakemake):
     preprocess_stimuli(
         Path(snakemake.input.images) / "dirmap.csv",
         snakemake.input.model,

@@ -1,9 +1,9 @@
-from lwise.core.logs import script_logging
+from lwise.core.jobs import rule_job
 from lwise.publish.s3 import UploadConfig
 from lwise.publish.s3local import session_for
 from lwise.publish.site import publish_site
 
-with script_logging(snakemake.log[0]):
+with rule_job(snakemake):
     publish_site(
         snakemake.input[0],
         UploadConfig.from_config(

@@ -1,7 +1,7 @@
-from lwise.core.jobs import gpu_job
+from lwise.core.jobs import rule_job
 from lwise.report.stimuli import SummaryConfig, stimulus_summary
 
-with gpu_job(snakemake):
+with rule_job(snakemake, gpus=True):
     stimulus_summary(
         {name: snakemake.input[name] for name in snakemake.params.sets},
         snakemake.input.model,

@@ -1,7 +1,7 @@
-from lwise.core.logs import script_logging
+from lwise.core.jobs import rule_job
 from lwise.report.figures import training_curves
 
-with script_logging(snakemake.log[0]):
+with rule_job(snakemake):
     training_curves(
         snakemake.input[0] if snakemake.input else None,
         snakemake.output[0],

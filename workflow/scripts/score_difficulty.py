@@ -1,9 +1,9 @@
 from pathlib import Path
 
-from lwise.core.jobs import gpu_job
+from lwise.core.jobs import rule_job
 from lwise.guide.score import ScoringConfig, score
 
-with gpu_job(snakemake):
+with rule_job(snakemake, gpus=True):
     score(
         Path(snakemake.input.images) / "dirmap.csv",
         snakemake.input.model,

@@ -1,9 +1,9 @@
 from pathlib import Path
 
-from lwise.core.logs import script_logging
+from lwise.core.jobs import rule_job
 from lwise.humans.simulate import SimulationConfig, simulate_observers
 
-with script_logging(snakemake.log[0]):
+with rule_job(snakemake):
     simulate_observers(
         Path(snakemake.input.natural) / "dirmap.csv",
         list(snakemake.input.keys()),

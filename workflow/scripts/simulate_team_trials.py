@@ -1,7 +1,7 @@
 from lwise.alignment.correspondence.teams import simulate_trials
-from lwise.core.logs import script_logging
+from lwise.core.jobs import rule_job
 
-with script_logging(snakemake.log[0]):
+with rule_job(snakemake):
     cfg = snakemake.params.teams
     simulate_trials(
         snakemake.input[0],

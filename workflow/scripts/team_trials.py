@@ -1,7 +1,7 @@
 from lwise.alignment.correspondence.teams import report
-from lwise.core.logs import script_logging
+from lwise.core.jobs import rule_job
 
-with script_logging(snakemake.log[0]):
+with rule_job(snakemake):
     cfg = snakemake.params.teams
     report(
         snakemake.input.trials,

@@ -1,9 +1,9 @@
 from pathlib import Path
 
-from lwise.core.jobs import gpu_job
+from lwise.core.jobs import rule_job
 from lwise.guide.train import TrainConfig, run_training
 
-with gpu_job(snakemake) as gpus:
+with rule_job(snakemake, gpus=True) as gpus:
     run_training(
         Path(snakemake.input.folder) / "dirmap.csv",
         snakemake.output.model,

@@ -1,10 +1,10 @@
 from pathlib import Path
 
-from lwise.core.logs import script_logging
+from lwise.core.jobs import rule_job
 from lwise.publish.s3 import UploadConfig, upload_image_set
 from lwise.publish.s3local import session_for
 
-with script_logging(snakemake.log[0]):
+with rule_job(snakemake):
     image_set = snakemake.input[0]
     upload_image_set(
         Path(image_set) / "dirmap.csv",

@@ -2,9 +2,9 @@ from pathlib import Path
 
 from lwise.alignment.visalign.report import evaluate
 from lwise.alignment.visalign.settings import VisAlignConfig
-from lwise.core.logs import script_logging
+from lwise.core.jobs import rule_job
 
-with script_logging(snakemake.log[0]):
+with rule_job(snakemake):
     cfg = VisAlignConfig.from_config(snakemake.params.visalign)
     evaluate(
         Path(snakemake.input.testset) / "dirmap.csv",

@@ -2,9 +2,9 @@ from pathlib import Path
 
 from lwise.alignment.visalign.scoring import score_model
 from lwise.alignment.visalign.settings import VisAlignConfig
-from lwise.core.jobs import gpu_job
+from lwise.core.jobs import rule_job
 
-with gpu_job(snakemake):
+with rule_job(snakemake, gpus=True):
     cfg = VisAlignConfig.from_config(snakemake.params.visalign)
     score_model(
         snakemake.input.model,

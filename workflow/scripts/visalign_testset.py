@@ -1,7 +1,7 @@
 from lwise.alignment.visalign.testset import build_testset
-from lwise.core.logs import script_logging
+from lwise.core.jobs import rule_job
 
-with script_logging(snakemake.log[0]):
+with rule_job(snakemake):
     build_testset(
         snakemake.params.kind,
         snakemake.input[0],

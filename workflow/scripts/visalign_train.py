@@ -1,9 +1,9 @@
 from pathlib import Path
 
 from lwise.alignment.visalign.baselines import train_baseline
-from lwise.core.jobs import gpu_job
+from lwise.core.jobs import rule_job
 
-with gpu_job(snakemake):
+with rule_job(snakemake, gpus=True):
     train_baseline(
         Path(snakemake.input[0]) / "dirmap.csv",
         snakemake.output.model,
