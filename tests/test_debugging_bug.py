@@ -77,10 +77,19 @@ def write_set(root, split: str, counts: dict[tuple[str, str], int], rng) -> list
     return rows
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """This module trains on one CPU thread; the count is restored after it, as later modules'
+    numerical tolerances assume the machine's (see `test_models`' LiveFolded test)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory):
     """The dataset and pool dirmaps, and a model trained on the buggy training set."""
-    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("bars")
     rng = np.random.default_rng(0)
     both = {(k, m): 15 for k in ("d", "v") for m in ("bar", "shape")}

@@ -15,9 +15,9 @@ import shutil
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 from lwise.core.atomic import write_csv
+from lwise.core.threads import limit_threads
 from lwise.data import dirmap
 from lwise.debugging import selection, signals, slices
 from lwise.debugging.settings import DebuggingConfig
@@ -93,6 +93,7 @@ def _training_dirmap(base, base_csv, chosen, pool_csv, scored, eval_csv, split, 
     dirmap.write(df, out)
 
 
+@limit_threads
 def run(
     *,
     base_csv,
@@ -113,7 +114,6 @@ def run(
     threads: int = 1,
 ) -> pd.DataFrame:
     """Select, fine-tune, measure; returns the metrics table (scope, name, n, accuracy)."""
-    torch.set_num_threads(max(1, threads))
     base, pool, scored = dirmap.read(base_csv), dirmap.read(pool_csv), dirmap.read(eval_csv)
     emb = signals.load_embeddings(embeddings)
     if len(emb["pool"]) != len(pool) or len(emb["eval"]) != len(scored):

@@ -116,6 +116,7 @@ def image_batches(
 def _decoded_on(
     device: torch.device, size: int, loader: Iterator
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The loader's encoded batches decoded on `device` (`decode_images`), fallbacks counted."""
     fallbacks = 0
     for encoded, _, rows in loader:
         x, fell_back = decode_images(encoded, size, device)

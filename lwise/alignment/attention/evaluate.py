@@ -20,10 +20,10 @@ from lwise.alignment.attention.plots import overlay_rows, plot_overlays
 from lwise.alignment.attention.run import (
     ROLES,
     AttentionConfig,
-    _limit_threads,
     _Stage,
 )
 from lwise.core.atomic import write_csv
+from lwise.core.threads import limit_threads
 from lwise.data.loading import eval_transform
 from lwise.guide.load import load_guide
 
@@ -47,7 +47,7 @@ def _read_roles(path, df) -> pd.Series:
     return df["im_path"].map(by_path)
 
 
-@_limit_threads
+@limit_threads
 def evaluate(
     dirmap_csv: str | os.PathLike,
     phase1_path: str | os.PathLike,

@@ -12,7 +12,6 @@ fine-tuned model's attention.
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -33,6 +32,7 @@ from lwise.alignment.attention.masks import (
 )
 from lwise.core.atomic import write_csv
 from lwise.core.config import Section
+from lwise.core.threads import limit_threads
 from lwise.data import dirmap
 from lwise.data.loading import DirmapImages, eval_transform
 from lwise.guide import attention as gradia
@@ -225,23 +225,7 @@ class _Stage:
         return table, kept
 
 
-def _limit_threads(fn):
-    """Run `fn` with PyTorch's CPU threads limited to its `threads` argument (oversubscribed
-    threads slow small models several-fold on a shared machine), restored afterwards."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, threads: int = 2, **kwargs):
-        before = torch.get_num_threads()
-        torch.set_num_threads(max(1, threads))
-        try:
-            return fn(*args, threads=threads, **kwargs)
-        finally:
-            torch.set_num_threads(before)
-
-    return wrapper
-
-
-@_limit_threads
+@limit_threads
 def finetune(
     dirmap_csv: str | os.PathLike,
     model_path: str | os.PathLike,
