@@ -246,21 +246,25 @@ def _filled(
     file's tensors as they are when all are contiguous float32 (or integer) tensors; otherwise
     (a buffer the file does not hold, another dtype or layout) it is built and initialised as
     usual, and the weights copied in."""
-    for empty in (True, False):
-        model = build_model(arch, num_classes, mean, std, class_names=names, empty=empty)
-        try:
-            model.net.load_state_dict(state, assign=empty)
-        except RuntimeError as err:
-            raise CheckpointError(f"{path} does not fit arch {arch!r}: {err}") from err
-        tensors = [*model.net.parameters(), *model.net.buffers()]
-        if not empty or all(
-            not t.is_meta
-            and t.is_contiguous()
-            and (t.dtype == torch.float32 or not t.is_floating_point())
-            for t in tensors
-        ):
-            return model
-    raise AssertionError("unreachable")
+    model = _loaded(arch, num_classes, mean, std, names, state, path, empty=True)
+    if all(
+        not t.is_meta
+        and t.is_contiguous()
+        and (t.dtype == torch.float32 or not t.is_floating_point())
+        for t in [*model.net.parameters(), *model.net.buffers()]
+    ):
+        return model
+    return _loaded(arch, num_classes, mean, std, names, state, path, empty=False)
+
+
+def _loaded(arch, num_classes, mean, std, names, state, path, *, empty: bool) -> ImageClassifier:
+    """`build_model` with the file's weights: assigned into an empty network, else copied."""
+    model = build_model(arch, num_classes, mean, std, class_names=names, empty=empty)
+    try:
+        model.net.load_state_dict(state, assign=empty)
+    except RuntimeError as err:
+        raise CheckpointError(f"{path} does not fit arch {arch!r}: {err}") from err
+    return model
 
 
 def _agree(name: str, recorded: Any, given: Any, path, key: str) -> Any:
