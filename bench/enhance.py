@@ -41,7 +41,8 @@ from lwise.guide._distributed import Run
 from lwise.guide._optim import make_optimizer
 from lwise.guide.attacks import pgd
 from lwise.guide.checkpoints import load_model
-from lwise.guide.fast import FAST_DTYPES, ConvReLU, LiveFolded, prepare_fast
+from lwise.guide.compiling import compile_fast
+from lwise.guide.fast import FAST_DTYPES, ConvReLU, GatherMaxPool2d, LiveFolded, prepare_fast
 from lwise.guide.models import ImageClassifier, Normalize, build_model
 from lwise.guide.train import TrainConfig, _train_epoch, train
 
@@ -95,6 +96,12 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument(
         "--compile-mode", default=None, help="torch.compile mode, e.g. max-autotune-no-cudagraphs"
+    )
+    parser.add_argument(
+        "--compare-pooling",
+        action="store_true",
+        help="enhance part: also time the first fast dtype at its best batch with ATen's max "
+        "pooling in place of GatherMaxPool2d (compiled: inductor's own pooling backward)",
     )
     parser.add_argument("--score-images", type=int, default=1024)
     parser.add_argument("--score-batch", type=int, default=256)
@@ -221,7 +228,18 @@ def enhance_all(model, x, y, batch: int, mode: str, dtype: str | None, args, ste
     )
 
 
-def bench_enhance(args, device, model, fast_models, x, y) -> dict:
+def with_aten_pooling(model: ImageClassifier, args) -> nn.Module:
+    """The fast model as `prepare_fast` makes it, but with plain nn.MaxPool2d pooling."""
+    fast = prepare_fast(model, compile=False)
+    for name, module in list(fast.net.named_modules()):
+        if isinstance(module, GatherMaxPool2d):
+            plain = nn.MaxPool2d(module.kernel_size, module.stride, module.padding)
+            fast.net.set_submodule(name, plain)
+    compiled = args.compile if args.compile is not None else args.device.startswith("cuda")
+    return compile_fast(fast, args.compile_mode) if compiled else fast
+
+
+def bench_enhance(args, device, model, fast_models, x, y, aten_pooling=None) -> dict:
     clean = gt_logits(model, x, y, args.reference_batch)
     gains = {}
 
@@ -280,6 +298,13 @@ def bench_enhance(args, device, model, fast_models, x, y) -> dict:
             f"(standard error {100 * r['gain_rel_diff_stderr']:.2f} %)",
             flush=True,
         )
+    if aten_pooling is not None:
+        dtype = args.fast_dtypes[0]
+        best = results["fast"][dtype]["best"]
+        aten = run(aten_pooling, best["batch"], "fast", dtype)
+        ratio = best["images_per_s"] / aten["images_per_s"]
+        results["aten_pooling"] = {**aten, "gather_over_aten": ratio}
+        print(f"  ... that run with ATen's max pooling; GatherMaxPool2d / ATen: {ratio:.3f}x")
     return results
 
 
@@ -646,7 +671,8 @@ def main() -> None:
     print(" ".join(f"{k}={v}" for k, v in env.items()), flush=True)
     results = {"env": env}
     if "enhance" in args.parts:
-        results["enhance"] = bench_enhance(args, device, model, fast_models, x, y)
+        aten = with_aten_pooling(model, args) if args.compare_pooling else None
+        results["enhance"] = bench_enhance(args, device, model, fast_models, x, y, aten)
     if "floor" in args.parts:
         dtype = args.fast_dtypes[0]
         enhance = results.get("enhance")

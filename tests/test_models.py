@@ -14,6 +14,7 @@ from torch.nn import functional as F
 
 from lwise.guide.checkpoints import CheckpointError, load_model, save_checkpoint
 from lwise.guide.fast import (
+    GatherMaxPool2d,
     ConvReLU,
     LiveFolded,
     fold_batchnorm,
@@ -187,6 +188,7 @@ def test_fast_resnet_keeps_logits_and_input_gradients(arch, fused_layers):
     model = _random_bn_stats(build_model(arch, 10, MEAN, STD), seed=3).double()
     fast = prepare_fast(model, compile=False)
     assert sum(isinstance(m, ConvReLU) for m in fast.modules()) == fused_layers
+    assert sum(isinstance(m, GatherMaxPool2d) for m in fast.modules()) == 1
     assert hasattr(fast.net, "space_to_depth")
     model.requires_grad_(False)
     x = torch.rand(2, 3, 64, 64, dtype=torch.double, requires_grad=True)
@@ -194,6 +196,45 @@ def test_fast_resnet_keeps_logits_and_input_gradients(arch, fused_layers):
     (g, g_ref) = (torch.autograd.grad(o[:, 1].sum(), [x])[0] for o in (out, ref))
     assert ref.abs().max() > 0.1
     assert torch.allclose(out, ref, atol=1e-10) and torch.allclose(g, g_ref, atol=1e-10)
+
+
+@pytest.mark.parametrize(
+    ("kernel", "stride", "padding", "size"),
+    [(3, 2, 1, (17, 16)), (2, 2, 0, (8, 9)), (3, 1, 1, (7, 6)), ((3, 2), (2, 3), (1, 0), (11, 13))],
+)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_compiled_gather_max_pool_matches_max_pool_with_ties_and_nan(
+    kernel, stride, padding, size, dtype
+):
+    """Compiled, GatherMaxPool2d runs its own pooling (no max_pool2d in the graph) and gives
+    ATen's outputs and gradients: ties go to the first maximum in row-major order and NaN wins,
+    or gradients would land on other pixels. aot_eager runs the traced operations as they are."""
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.randn(2, 3, *size, generator=gen) * 2).round().relu()  # many ties and zeros
+    x[0, 0, 1, 1] = float("nan")
+    x = x.to(dtype).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm.print_readable(print_output=False))
+        return torch._dynamo.lookup_backend("aot_eager")(gm, example_inputs)
+
+    torch._dynamo.reset()
+    pool = GatherMaxPool2d(kernel, stride, padding)
+    got = torch.compile(pool, backend=backend, dynamic=False)(x)
+    want = F.max_pool2d(x, kernel, stride, padding)
+    assert graphs and not any("max_pool2d" in code for code in graphs)
+    assert torch.equal(got.isnan(), want.isnan())
+    assert torch.equal(got.nan_to_num(), want.nan_to_num())
+    assert torch.equal(pool(x).nan_to_num(), want.nan_to_num())  # eager: ATen's own
+    grad = torch.randn(want.shape, generator=gen).to(dtype)
+    (g_want,) = torch.autograd.grad(want, x, grad)
+    (g_got,) = torch.autograd.grad(got, x, grad)
+    assert torch.equal(g_got != 0, g_want != 0)
+    # The same terms summed, in float32 here: only ATen's bfloat16 rounding differs.
+    tol = 0.05 if dtype == torch.bfloat16 else 1e-12
+    assert torch.allclose(g_got.float(), g_want.float(), atol=tol)
+    assert g_got.dtype == dtype and g_got.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_prepare_fast_freezes_and_keeps_outputs():
