@@ -103,6 +103,12 @@ def parse_args() -> argparse.Namespace:
         help="enhance part: also time the first fast dtype at its best batch with ATen's max "
         "pooling in place of GatherMaxPool2d (compiled: inductor's own pooling backward)",
     )
+    parser.add_argument(
+        "--compare-update",
+        action="store_true",
+        help="enhance part: also time the first fast dtype at its best batch with pgd's "
+        "compile_update the other way (by default on exactly when the model is compiled)",
+    )
     parser.add_argument("--score-images", type=int, default=1024)
     parser.add_argument("--score-batch", type=int, default=256)
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
@@ -211,8 +217,13 @@ def gt_logits(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int) ->
         )
 
 
-def enhance_all(model, x, y, batch: int, mode: str, dtype: str | None, args, steps=None):
+def enhance_all(
+    model, x, y, batch: int, mode: str, dtype: str | None, args, steps=None, compile_update=None
+):
+    if compile_update is None:  # as enhancement does: with a compiled model
+        compile_update = mode == "fast" and fast_compiled(args)
     kwargs = {
+        "compile_update": compile_update,
         "eps": args.eps,
         "step_size": args.step_size,
         "steps": args.steps if steps is None else steps,
@@ -228,6 +239,11 @@ def enhance_all(model, x, y, batch: int, mode: str, dtype: str | None, args, ste
     )
 
 
+def fast_compiled(args) -> bool:
+    """Whether `prepare_fast` compiles under these arguments."""
+    return args.compile if args.compile is not None else args.device.startswith("cuda")
+
+
 def with_aten_pooling(model: ImageClassifier, args) -> nn.Module:
     """The fast model as `prepare_fast` makes it, but with plain nn.MaxPool2d pooling."""
     fast = prepare_fast(model, compile=False)
@@ -235,20 +251,22 @@ def with_aten_pooling(model: ImageClassifier, args) -> nn.Module:
         if isinstance(module, GatherMaxPool2d):
             plain = nn.MaxPool2d(module.kernel_size, module.stride, module.padding)
             fast.net.set_submodule(name, plain)
-    compiled = args.compile if args.compile is not None else args.device.startswith("cuda")
-    return compile_fast(fast, args.compile_mode) if compiled else fast
+    return compile_fast(fast, args.compile_mode) if fast_compiled(args) else fast
 
 
 def bench_enhance(args, device, model, fast_models, x, y, aten_pooling=None) -> dict:
     clean = gt_logits(model, x, y, args.reference_batch)
     gains = {}
 
-    def run(net: nn.Module, batch: int, mode: str, dtype: str | None = None) -> dict:
+    def run(net, batch: int, mode: str, dtype: str | None = None, compile_update=None) -> dict:
+        def attack(images, labels, steps=None):
+            return enhance_all(net, images, labels, batch, mode, dtype, args, steps, compile_update)
+
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         # Warm-up on one batch: torch.compile, cuDNN autotuning.
-        timed(device, lambda: enhance_all(net, x[:batch], y[:batch], batch, mode, dtype, args, 2))
-        out, seconds = timed(device, lambda: enhance_all(net, x, y, batch, mode, dtype, args))
+        timed(device, lambda: attack(x[:batch], y[:batch], 2))
+        out, seconds = timed(device, lambda: attack(x, y))
         # Gains are always measured with the fp32 reference model.
         name = "reference" if mode == "reference" else f"fast {dtype}"
         gains[name, batch] = gt_logits(model, out, y, args.reference_batch) - clean
@@ -305,6 +323,14 @@ def bench_enhance(args, device, model, fast_models, x, y, aten_pooling=None) -> 
         ratio = best["images_per_s"] / aten["images_per_s"]
         results["aten_pooling"] = {**aten, "gather_over_aten": ratio}
         print(f"  ... that run with ATen's max pooling; GatherMaxPool2d / ATen: {ratio:.3f}x")
+    if args.compare_update:
+        dtype = args.fast_dtypes[0]
+        best = results["fast"][dtype]["best"]
+        update = not fast_compiled(args)
+        other = run(fast_models[dtype], best["batch"], "fast", dtype, compile_update=update)
+        ratio = best["images_per_s"] / other["images_per_s"]
+        results["other_update"] = {**other, "compile_update": update, "ratio": ratio}
+        print(f"  ... that run with compile_update={update}; ratio {ratio:.3f}x")
     return results
 
 

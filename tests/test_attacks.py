@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from sklearn.datasets import load_digits
 from torch import nn
 
+from lwise.guide import attacks
 from lwise.guide.attacks import (
     l2_project,
     l2_random_start,
@@ -214,13 +215,15 @@ class _InfGradient(torch.autograd.Function):
         return torch.where(bad, torch.inf, grad)
 
 
-def test_fast_mode_skips_non_finite_gradients_per_sample(linear_model, caplog):
+@pytest.mark.parametrize("compile_update", [False, True])
+def test_fast_mode_skips_non_finite_gradients_per_sample(linear_model, caplog, compile_update):
     class Model(nn.Module):
         def forward(self, x):
             return linear_model(_InfGradient.apply(x))
 
     x = torch.cat([torch.full((1, 3, 4, 4), 0.9), torch.full((2, 3, 4, 4), 0.2)])
-    kwargs = {"eps": 1.0, "step_size": 0.25, "steps": 3, "objective": "logit", "mode": "fast"}
+    kwargs = {"eps": 1.0, "step_size": 0.25, "steps": 3, "objective": "logit", "mode": "fast",
+              "compile_update": compile_update}  # fmt: skip
     with caplog.at_level(logging.WARNING, logger="lwise.guide.attacks"):
         out = pgd(Model().eval(), x, torch.tensor([0, 1, 2]), **kwargs)
     assert torch.isfinite(out).all()
@@ -228,6 +231,32 @@ def test_fast_mode_skips_non_finite_gradients_per_sample(linear_model, caplog):
     assert "1 of 3 images had non-finite float16 gradients in 3 steps" in caplog.text
     with pytest.raises(ValueError, match="fast_dtype"):
         pgd(Model().eval(), x, torch.tensor([0, 1, 2]), fast_dtype="float8", **kwargs)
+
+
+@pytest.mark.parametrize(("constraint", "eps"), [("2", 0.5), ("inf", 0.05)])
+def test_compiled_update_follows_the_eager_update(linear_model, monkeypatch, constraint, eps):
+    """`compile_update` runs every fast step's update compiled, to float32 rounding of the
+    eager iterates, best-iterate choice included; the reference mode ignores it."""
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.rand(4, 3, 4, 4, generator=gen), torch.tensor([0, 1, 2, 0])
+    kwargs = {"eps": eps, "step_size": eps / 2, "steps": 3, "constraint": constraint,
+              "objective": "cross_entropy", "random_start": True}  # fmt: skip
+    real, calls = attacks._compiled_update(), []
+
+    def counted():
+        return lambda *args, **kw: (calls.append(1), real(*args, **kw))[1]
+
+    monkeypatch.setattr(attacks, "_compiled_update", counted)
+    for mode in ("fast", "reference"):
+        eager = pgd(linear_model, x, y, mode=mode, generator=torch.Generator().manual_seed(1),
+                    **kwargs)  # fmt: skip
+        fused = pgd(linear_model, x, y, mode=mode, compile_update=True,
+                    generator=torch.Generator().manual_seed(1), **kwargs)  # fmt: skip
+        assert not torch.allclose(eager, x, atol=1e-3)
+        if mode == "fast":
+            assert len(calls) == 3 and torch.allclose(fused, eager, atol=1e-5)
+        else:
+            assert len(calls) == 3 and torch.equal(fused, eager)
 
 
 @pytest.mark.parametrize("context", [torch.no_grad, torch.inference_mode])

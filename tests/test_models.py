@@ -14,8 +14,8 @@ from torch.nn import functional as F
 
 from lwise.guide.checkpoints import CheckpointError, load_model, save_checkpoint
 from lwise.guide.fast import (
-    GatherMaxPool2d,
     ConvReLU,
+    GatherMaxPool2d,
     LiveFolded,
     fold_batchnorm,
     fuse_conv_relu,
@@ -306,6 +306,7 @@ def test_compiled_live_folded_copy_sees_refreshed_weights_without_recompiling():
         model.eval()
         compiled = live.refresh(model, 8)
         assert compiled is not live.model and live.refresh(model, 5) is live.model
+        assert live.compiled_for(8) and not live.compiled_for(5)
         got, got_grad = logits_and_grad(compiled, x)
         want, want_grad = logits_and_grad(model, x)
         assert torch.allclose(got, want, atol=1e-4, rtol=1e-4), step

@@ -16,6 +16,7 @@ __all__ = [
     "compile_cache_dir",
     "compile_fast",
     "cudnn_autotune",
+    "is_compiled",
     "should_compile",
 ]
 
@@ -85,3 +86,8 @@ def compile_fast(fast: nn.Module, mode: str | None = None) -> nn.Module:
     )
     log.info("torch.compile cache: %s", compile_cache_dir())
     return torch.compile(fast, mode=mode, dynamic=False)
+
+
+def is_compiled(module: nn.Module) -> bool:
+    """Whether `module` is what torch.compile returned (`compile_fast`)."""
+    return isinstance(module, torch._dynamo.eval_frame.OptimizedModule)

@@ -498,6 +498,8 @@ class LiveFolded:
             module.weight.copy_(weight)
             if bias is not None:
                 module.bias.copy_(bias)
-        if self._compiled is not None and batch == self.compile_batch:
-            return self._compiled
-        return self.model
+        return self._compiled if self.compiled_for(batch) else self.model
+
+    def compiled_for(self, batch: int | None) -> bool:
+        """Whether `refresh(model, batch)` returns the compiled copy."""
+        return self._compiled is not None and batch == self.compile_batch

@@ -190,6 +190,7 @@ def _attack(
         step_size=cfg.attack_lr, steps=cfg.attack_steps, constraint=cfg.constraint,
         objective="cross_entropy", direction="attack",
         mode="reference" if fast is None else "fast", fast_dtype=TRAIN_DTYPE,
+        compile_update=fast is not None and fast.compiled_for(len(x)),
     )  # fmt: skip
     if was_training:
         model.train()
