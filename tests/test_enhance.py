@@ -1,5 +1,6 @@
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
 from lwise.data import dirmap
@@ -132,7 +133,12 @@ def test_views_and_steps_are_recorded_in_the_sets_provenance(held_out, digits_mo
 
 
 def test_compilation_is_chosen_by_job_size_unless_set():
-    from lwise.guide.compiling import COMPILE_FROM_IMAGE_STEPS, cudnn_autotune, should_compile
+    from lwise.guide.compiling import (
+        COMPILE_FROM_IMAGE_STEPS,
+        cudnn_autotune,
+        is_compiled,
+        should_compile,
+    )
 
     assert should_compile(True, 10, 1) is True and should_compile(False, 10**7, 40) is False
     assert should_compile("auto", 1000, 40) is False  # 41,000 image-steps: eager
@@ -142,3 +148,6 @@ def test_compilation_is_chosen_by_job_size_unless_set():
     assert not cudnn_autotune(4096, 40) and cudnn_autotune(COMPILE_FROM_IMAGE_STEPS // 41 + 1, 40)
     with pytest.raises(Exception, match="compile"):
         EnhanceConfig.from_config({"compile": "sometimes"})
+    # What turns on pgd's compiled update in a job: a compiled guide net.
+    net = torch.nn.Linear(2, 2)
+    assert not is_compiled(net) and is_compiled(torch.compile(net))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -89,5 +90,7 @@ def compile_fast(fast: nn.Module, mode: str | None = None) -> nn.Module:
 
 
 def is_compiled(module: nn.Module) -> bool:
-    """Whether `module` is what torch.compile returned (`compile_fast`)."""
-    return isinstance(module, torch._dynamo.eval_frame.OptimizedModule)
+    """Whether `module` is what torch.compile returned (`compile_fast`). Nothing is compiled
+    before torch._dynamo is imported, so this never imports it."""
+    dynamo = sys.modules.get("torch._dynamo")
+    return dynamo is not None and isinstance(module, dynamo.eval_frame.OptimizedModule)
