@@ -42,8 +42,9 @@ from lwise.guide._optim import make_optimizer
 from lwise.guide.attacks import pgd
 from lwise.guide.checkpoints import load_model
 from lwise.guide.compiling import compile_fast
-from lwise.guide.fast import FAST_DTYPES, ConvReLU, GatherMaxPool2d, LiveFolded, prepare_fast
+from lwise.guide.fast import FAST_DTYPES, ConvReLU, LiveFolded, prepare_fast
 from lwise.guide.models import ImageClassifier, Normalize, build_model
+from lwise.guide.pooling import GatherMaxPool2d
 from lwise.guide.train import TrainConfig, _train_epoch, train
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

@@ -15,7 +15,6 @@ from torch.nn import functional as F
 from lwise.guide.checkpoints import CheckpointError, load_model, save_checkpoint
 from lwise.guide.fast import (
     ConvReLU,
-    GatherMaxPool2d,
     LiveFolded,
     fold_batchnorm,
     fuse_conv_relu,
@@ -30,6 +29,7 @@ from lwise.guide.models import (
     head_name,
     replace_head,
 )
+from lwise.guide.pooling import GatherMaxPool2d
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
